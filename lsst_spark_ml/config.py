@@ -1,0 +1,272 @@
+"""Typed configuration: YAML files in conf/ plus command-line overrides, validated before any Spark job.
+
+Precedence (later wins): dataclass defaults < each ``--conf`` YAML file in order < ``--set key.sub=value``.
+Unknown keys are errors, not silently ignored: a typo in a 37-billion-row job must fail at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+LSST_BANDS = ("u", "g", "r", "i", "z", "y")
+# LSST 10-year 1-sigma point-source depths, the values RAIL's estimators use by default for
+# non-detections (rail.core.common_params mag_limits); a non-detected band is set to its limit.
+LSST_1SIGMA_LIMITS = {"u": 27.79, "g": 29.04, "r": 29.06, "i": 28.62, "z": 27.98, "y": 27.05}
+
+
+@dataclass
+class SparkSettings:
+    master: str | None = None          # None: local[*] unless spark-submit already set a master
+    app_name: str = "lsst_spark_ml"
+    ui: bool = False                   # the UI URL is printed when True
+    log_level: str = "WARN"
+    progress: bool = True              # Spark's console progress bar
+    arrow_batch_rows: int = 10000      # spark.sql.execution.arrow.maxRecordsPerBatch
+    conf: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CatalogSettings:
+    path: str | None = None
+    format: str = "auto"               # auto | parquet | hats | fits | hdf5
+    photometry: str = "auto"           # auto | flux (nJy) | mag (AB)
+    bands: list[str] = field(default_factory=lambda: list(LSST_BANDS))
+    flux_type: str = "cModel"          # Rubin Object table: cModel | gaap1p0 | psf ...
+    flux_col: str = "{band}_{flux_type}Flux"
+    flux_err_col: str = "{band}_{flux_type}FluxErr"
+    mag_col: str = "mag_{band}_lsst"
+    mag_err_col: str = "mag_err_{band}_lsst"
+    id_col: str | None = None          # None: first of objectId, id, object_id
+    ra_col: str | None = None          # None: first of coord_ra, ra
+    dec_col: str | None = None         # None: first of coord_dec, dec, decl
+    truth_col: str | None = None       # spectroscopic/true redshift, when present
+    ebv_col: str | None = None         # E(B-V), when present
+    hdf5_group: str = "photometry"
+    keep_cols: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeatureSettings:
+    reference_band: str | None = "i"   # magnitude fed beside the colours; None: colours only
+    use_ebv: bool = False
+    nondetect_limits: dict[str, float] = field(default_factory=lambda: dict(LSST_1SIGMA_LIMITS))
+    nondetect_mag_err: float = 1.0     # error given to a band replaced by its limit
+    max_mag_err: float = 1.0           # measured errors are capped here (scaling stability)
+    min_detected_bands: int = 2        # fewer detected bands: no estimate, NO_ESTIMATE flag
+
+
+@dataclass
+class MBRNNSettings:
+    n_bins: int = 64
+    z_min: float = 0.0
+    z_max: float = 3.1                 # cosmoDC2 reaches z = 3.03; the paper's 2.0 is too shallow for LSST
+    hidden: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 512, 256, 128, 32])
+    gammas: list[float] = field(default_factory=lambda: [0.0, 2.0, 5.0, 8.0])
+
+
+@dataclass
+class TrainSettings:
+    backend: str = "local"
+    lr: float = 8e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 5e-5
+    grad_clip: float = 5.0
+    batch_size: int = 1024
+    max_epochs: int = 100
+    plateau_start_epoch: int = 10
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-6
+    early_stop_patience: int | None = 30   # None: always run max_epochs (the paper); best checkpoint kept
+    val_fraction: float = 0.15
+    noise_augmentation: bool = True        # redraw magnitudes within their errors each epoch
+    ensemble_epochs: int = 300
+    seed: int = 1234
+    threads: int | None = None
+
+
+@dataclass
+class InferenceSettings:
+    batch_size: int = 10000
+    device: str = "auto"               # auto | cpu | cuda
+    precision: str = "float32"         # float32 | bfloat16
+    threads: int | None = None         # None: the Spark task's cores
+
+
+@dataclass
+class OutputSettings:
+    path: str | None = None
+    hats_order: int = 3                # HEALPix order of the output partitions when coordinates exist
+    mode: str = "overwrite"            # overwrite | error
+    write_pdf: bool = True
+
+
+@dataclass
+class Config:
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    model: MBRNNSettings = field(default_factory=MBRNNSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "Config":
+        c = self.catalog
+        if c.format not in ("auto", "parquet", "hats", "fits", "hdf5"):
+            raise ConfigError(f"catalog.format must be auto|parquet|hats|fits|hdf5, got {c.format!r}")
+        if c.photometry not in ("auto", "flux", "mag"):
+            raise ConfigError(f"catalog.photometry must be auto|flux|mag, got {c.photometry!r}")
+        if len(c.bands) < 2:
+            raise ConfigError(f"catalog.bands needs at least two bands to form a colour, got {c.bands}")
+        if len(set(c.bands)) != len(c.bands):
+            raise ConfigError(f"catalog.bands has duplicates: {c.bands}")
+        f = self.features
+        if f.reference_band is not None and f.reference_band not in c.bands:
+            raise ConfigError(f"features.reference_band {f.reference_band!r} is not in catalog.bands {c.bands}")
+        missing = [b for b in c.bands if b not in f.nondetect_limits]
+        if missing:
+            raise ConfigError(f"features.nondetect_limits has no limit for band(s) {missing}")
+        m = self.model
+        if m.n_bins < 2 or not m.z_max > m.z_min:
+            raise ConfigError(f"model needs n_bins >= 2 and z_max > z_min, got {m.n_bins}, [{m.z_min}, {m.z_max}]")
+        if not m.gammas:
+            raise ConfigError("model.gammas must list at least one ensemble member")
+        if self.inference.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"inference.device must be auto|cpu|cuda, got {self.inference.device!r}")
+        if self.inference.precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"inference.precision must be float32|bfloat16, got {self.inference.precision!r}")
+        if self.inference.batch_size < 1 or self.spark.arrow_batch_rows < 1:
+            raise ConfigError("inference.batch_size and spark.arrow_batch_rows must be positive")
+        if not 0 <= self.output.hats_order <= 19:
+            raise ConfigError(f"output.hats_order must be in 0..19, got {self.output.hats_order}")
+        if self.output.mode not in ("overwrite", "error"):
+            raise ConfigError(f"output.mode must be overwrite|error, got {self.output.mode!r}")
+        if not 0 < self.train.val_fraction < 1:
+            raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
+        return self
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args or tp is Any:
+            return None
+        raise ConfigError(f"{where} may not be null")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): (_coerce(args[1], v, f"{where}.{k}") if args[1] is not Any else v) for k, v in value.items()}
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'configuration'}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "conf":
+            out[k] = _deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # spark.conf keys contain dots themselves: everything after "spark.conf." is one key.
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+        return {"spark": {"conf": {".".join(parts[2:]): raw}}}
+    out: dict = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def load_config(paths: list[str | Path] | None = None, overrides: list[str] | dict | None = None) -> Config:
+    merged: dict = {}
+    for p in paths or []:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"configuration file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration file {p} must hold a mapping at the top level")
+        merged = _deep_merge(merged, data)
+    if isinstance(overrides, dict):
+        merged = _deep_merge(merged, overrides)
+    else:
+        for o in overrides or []:
+            merged = _deep_merge(merged, parse_override(o))
+    return _build(Config, merged, "").validate()
+
+
+def config_hash(cfg: Config) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,90 @@
+"""The SparkSession factory: ``local[*]`` by default, never overriding a master spark-submit already set."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .config import SparkSettings
+
+log = logging.getLogger(__name__)
+
+# What every pandas/Arrow UDF of this package relies on.
+ARROW_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
+    "spark.python.worker.reuse": "true",       # keeps the per-worker model cache alive between tasks
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+def _submitted_master() -> str | None:
+    """The master spark-submit (or an already running context) put in the JVM's properties, if any."""
+    from pyspark import SparkContext
+    if SparkContext._active_spark_context is not None:
+        return SparkContext._active_spark_context.master
+    if "PYSPARK_GATEWAY_PORT" in os.environ or os.environ.get("SPARK_SUBMIT_OPTS") or _launched_by_spark_submit():
+        from pyspark import SparkConf
+        return SparkConf().get("spark.master", None)
+    return None
+
+
+def _launched_by_spark_submit() -> bool:
+    # spark-submit starts the Python driver with this variable naming the JVM gateway's secret.
+    return "PYSPARK_GATEWAY_SECRET" in os.environ
+
+
+def get_spark(settings: SparkSettings | None = None, **overrides):
+    """Return the active SparkSession or build one from ``settings``.
+
+    The master comes, in order, from spark-submit, then ``settings.master``, then ``local[*]``.
+    """
+    from pyspark.sql import SparkSession
+
+    settings = settings or SparkSettings()
+    for k, v in overrides.items():
+        setattr(settings, k, v)
+
+    # Workers must run this interpreter (it has pandas/torch); the first python3 on PATH may not.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    submitted = _submitted_master()
+    master = submitted or settings.master or "local[*]"
+    if submitted and settings.master and settings.master != submitted:
+        log.warning("spark-submit set master %s; ignoring configured master %s", submitted, settings.master)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+    builder = SparkSession.builder.appName(settings.app_name)
+    if not submitted:
+        builder = builder.master(master)
+    conf = dict(ARROW_CONF)
+    conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(settings.arrow_batch_rows)
+    conf["spark.ui.enabled"] = "true" if settings.ui else "false"
+    conf["spark.ui.showConsoleProgress"] = "true" if settings.progress else "false"
+    if master.startswith("local"):
+        conf.setdefault("spark.driver.memory", "4g")
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    conf.update({k: str(v) for k, v in settings.conf.items()})
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.log_level)
+    if settings.ui and spark.sparkContext.uiWebUrl:
+        print(f"[lsst_spark_ml] Spark UI: {spark.sparkContext.uiWebUrl}", file=sys.stderr)
+    return spark
+
+
+def task_cores(default: int = 1) -> int:
+    """Cores Spark gave the running task (spark.task.cpus); ``default`` outside a task."""
+    try:
+        from pyspark import TaskContext
+        ctx = TaskContext.get()
+        if ctx is not None:
+            return max(1, int(ctx.cpus()))
+    except Exception:  # noqa: BLE001 - older contexts lack cpus(); one thread is the safe answer
+        pass
+    return default

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv/ and installs the project into it when missing or stale.
+# Both README commands call this first, so each works on a fresh clone by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+STAMP=.venv/.lsst_spark_ml_installed
+WANT=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+    exit 0
+fi
+echo "[bootstrap] installing lsst_spark_ml into .venv/ (first run builds the pyspark wheel, ~1-3 min)" >&2
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >&2
+# torch is pinned to 2.13.0 in pyproject.toml: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q -e ".[test]" >&2
+# Real cosmoDC2 photometry (training/validation files) ships inside this data package;
+# --no-deps because we only read its files, its own dependency tree is large and unused.
+.venv/bin/python -m pip install -q --no-deps "pz-rail-base==2.0.11" >&2
+echo "$WANT" > "$STAMP"
