@@ -87,7 +87,7 @@ class TrainSettings:
     min_lr: float = 1e-6
     early_stop_patience: int | None = 30   # None: always run max_epochs (the paper); best checkpoint kept
     val_fraction: float = 0.15
-    noise_augmentation: bool = True        # redraw magnitudes within their errors each epoch
+    noise_augmentation: bool = False       # redraw magnitudes within their errors each epoch
     ensemble_epochs: int = 300
     seed: int = 1234
     threads: int | None = None

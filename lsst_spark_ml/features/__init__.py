@@ -1,1 +1,1 @@
-"""features."""
+"""Photometry -> features, the non-detection policy and its flag bits, scalers saved with models."""

@@ -1,1 +1,1 @@
-"""inference."""
+"""Per-worker model cache, batched predictors, output schemas."""

@@ -1,1 +1,1 @@
-"""pipelines."""
+"""What the commands and jobs run: each function reads, computes and writes one capability end to end."""

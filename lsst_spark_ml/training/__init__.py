@@ -1,1 +1,1 @@
-"""training."""
+"""One train-loop interface and its backends."""

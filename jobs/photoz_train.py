@@ -1,0 +1,12 @@
+"""spark-submit entry point: train the MBRNN photo-z ensemble.
+
+    spark-submit jobs/photoz_train.py --catalog specz.parquet --out models/mbrnn --conf conf/photoz_train_dc2.yaml
+
+Same arguments as ``lsst-spark-ml photoz train``; the master comes from spark-submit.
+"""
+import sys
+
+from lsst_spark_ml.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["photoz", "train", *sys.argv[1:]]))

@@ -1,0 +1,155 @@
+"""``lsst-spark-ml``: the command line. Thin: parse, resolve configuration, call one pipeline function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, load_config
+from .errors import LsstSparkMLError
+
+REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def default_model_dir() -> Path:
+    """The MBRNN ensemble shipped inside the package (trained by ``make train-default``)."""
+    return Path(__file__).resolve().parent / "resources" / "models" / "mbrnn_dc2"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", action="append", default=[], metavar="YAML",
+                   help="configuration file (repeatable; later files win)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one configuration key, e.g. --set inference.batch_size=20000")
+    p.add_argument("--master", help="Spark master (ignored under spark-submit, which sets its own)")
+    p.add_argument("--ui", action="store_true", help="enable the Spark UI and print its URL")
+
+
+def _config(args) -> Config:
+    overrides = list(args.overrides)
+    if args.master:
+        overrides.append(f"spark.master={args.master}")
+    if args.ui:
+        overrides.append("spark.ui=true")
+    cfg = load_config(args.conf, overrides)
+    print("[lsst_spark_ml] resolved configuration:\n" + "\n".join("  " + l for l in cfg.dump().splitlines()),
+          file=sys.stderr)
+    return cfg
+
+
+def _spark(cfg: Config):
+    from .session import get_spark
+    return get_spark(cfg.spark)
+
+
+def cmd_photoz_train(args) -> int:
+    from .io.datasets import dc2_paths
+    from .pipelines import photoz
+    cfg = _config(args)
+    catalog = args.catalog or cfg.catalog.path or str(dc2_paths()["train"])
+    if cfg.catalog.truth_col is None:
+        cfg.catalog.truth_col = "redshift"
+    out = args.out or str(default_model_dir())
+    spark = _spark(cfg)
+    res = photoz.train(spark, cfg, catalog, out)
+    print(json.dumps({"model_dir": res["model_dir"], "model_sha256": res["model_sha256"],
+                      "metrics": res["metrics"]}, indent=2))
+    return 0
+
+
+def cmd_photoz_predict(args) -> int:
+    from .pipelines import photoz
+    cfg = _config(args)
+    catalog = args.catalog or cfg.catalog.path
+    out = args.out or cfg.output.path
+    if not catalog or not out:
+        raise LsstSparkMLError("photoz predict needs --catalog and --out (or catalog.path / output.path in conf)")
+    model = args.model or str(default_model_dir())
+    from .artefacts import verify
+    verify(model)
+    spark = _spark(cfg)
+    meta = photoz.predict(spark, cfg, catalog, model, out)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_photoz_evaluate(args) -> int:
+    from .artefacts import read_manifest
+    from .pipelines import photoz
+    cfg = _config(args)
+    bins = read_manifest(args.model)[0]["bins"] if args.model else None
+    spark = _spark(cfg)
+    res = photoz.evaluate(spark, args.predictions, args.truth_col, args.out, bins=bins, z_col=args.z_col)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .pipelines import demo
+    cfg = _config(args)
+    out = args.out or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    spark = _spark(cfg)
+    demo.run(spark, cfg, out, n_synthetic=args.rows, model_dir=args.model or str(default_model_dir()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lsst-spark-ml", description=__doc__.splitlines()[0].strip("` "))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pz = sub.add_parser("photoz", help="MBRNN photometric redshifts: train, predict, evaluate")
+    pzs = pz.add_subparsers(dest="photoz_command", required=True)
+
+    t = pzs.add_parser("train", help="train the MBRNN ensemble on a catalog with spectroscopic redshifts",
+                       description="Train one MBRNN per anchor-loss gamma, fit the per-bin ensemble weights and "
+                                   "write a model directory (safetensors + manifest with sha256). Defaults: the "
+                                   "cosmoDC2 training file and the package's shipped-model directory.")
+    t.add_argument("--catalog", help="training catalog (Parquet, HATS, FITS or DESC HDF5); "
+                                     "default: catalog.path, else the cosmoDC2 training file")
+    t.add_argument("--out", help="model directory to write (default: the shipped model's directory)")
+    _common(t)
+    t.set_defaults(func=cmd_photoz_train)
+
+    pr = pzs.add_parser("predict", help="add photo-z columns to every row of a catalog",
+                        description="Apply a model to every row of a catalog on Spark; writes HATS (when the "
+                                    "catalog has coordinates) or Parquet, one output row per input row.")
+    pr.add_argument("--catalog", help="input catalog (Parquet file/dir, HATS dir, FITS, DESC HDF5)")
+    pr.add_argument("--model", help="model directory (default: the shipped MBRNN ensemble)")
+    pr.add_argument("--out", help="output directory")
+    _common(pr)
+    pr.set_defaults(func=cmd_photoz_predict)
+
+    ev = pzs.add_parser("evaluate", help="RAIL-style metrics (JSON on stdout) and plots of predictions",
+                        description="Point and PDF metrics computed as Spark aggregations; PNG plots to --out.")
+    ev.add_argument("--predictions", required=True, help="output directory of 'photoz predict'")
+    ev.add_argument("--truth-col", required=True, help="column with the true/spectroscopic redshift")
+    ev.add_argument("--out", required=True, help="directory for metrics.json and the PNG plots")
+    ev.add_argument("--model", help="model directory, when the predictions lack photoz_meta.json")
+    ev.add_argument("--z-col", default="z_mode", help="point estimate for the scatter plot (default z_mode)")
+    _common(ev)
+    ev.set_defaults(func=cmd_photoz_evaluate)
+
+    d = sub.add_parser("demo", help="the main job: photo-z for cosmoDC2 and a synthetic 10^6-row LSST catalog",
+                       description="Predicts, evaluates and plots with the shipped model on the embedded default "
+                                   "(Spark local[*]); prints the output folder at the end.")
+    d.add_argument("--out", help="output folder (default outputs/demo-<time>)")
+    d.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic catalog (default 10^6)")
+    d.add_argument("--model", help="model directory (default: the shipped model)")
+    _common(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LsstSparkMLError as exc:
+        print(f"lsst-spark-ml: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

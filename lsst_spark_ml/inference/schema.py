@@ -1,0 +1,34 @@
+"""The photo-z output schema, defined once for the UDFs, the jobs, SQL registration and the tests."""
+from __future__ import annotations
+
+import pyarrow as pa
+from pyspark.sql import types as T
+
+POINT_COLUMNS = ("z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi68")
+OUTPUT_COLUMNS = POINT_COLUMNS + ("pdf", "flags", "model_sha256")
+
+
+def spark_fields() -> list[T.StructField]:
+    return ([T.StructField(c, T.DoubleType(), True) for c in POINT_COLUMNS]
+            + [T.StructField("pdf", T.ArrayType(T.FloatType(), False), True),
+               T.StructField("flags", T.LongType(), False),
+               T.StructField("model_sha256", T.StringType(), False)])
+
+
+def spark_struct() -> T.StructType:
+    return T.StructType(spark_fields())
+
+
+def arrow_columns(result: dict, sha256: str, n_bins: int, with_pdf: bool = True) -> dict[str, pa.Array]:
+    """Predictor output (numpy) -> Arrow arrays without a Python loop over rows."""
+    import numpy as np
+    ok = result["ok"]
+    n = len(ok)
+    cols = {c: pa.array(result[c], type=pa.float64(), mask=~ok) for c in POINT_COLUMNS}
+    if with_pdf:
+        offsets = pa.array(np.arange(0, (n + 1) * n_bins, n_bins, dtype=np.int32))
+        values = pa.array(np.ascontiguousarray(result["pdf"], dtype=np.float32).ravel(), type=pa.float32())
+        cols["pdf"] = pa.ListArray.from_arrays(offsets, values, mask=pa.array(~ok))
+    cols["flags"] = pa.array(result["flags"], type=pa.int64())
+    cols["model_sha256"] = pa.array([sha256] * n, type=pa.string()) if n else pa.array([], pa.string())
+    return cols

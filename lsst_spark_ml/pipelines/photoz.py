@@ -1,0 +1,96 @@
+"""Photo-z end to end: train from a catalog, predict a catalog into HATS/Parquet, evaluate predictions."""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..artefacts import verify
+from ..config import Config
+from ..errors import CatalogError
+from ..io.readers import read_catalog, read_table
+from ..io.hats_writer import write_hats, write_parquet
+
+META_FILE = "photoz_meta.json"
+
+
+def _log(msg: str) -> None:
+    print(f"[lsst_spark_ml] {msg}", file=sys.stderr, flush=True)
+
+
+def train(spark, cfg: Config, catalog_path: str, out_dir: str) -> dict:
+    from ..training.photoz import TrainingSet, train_photoz
+    if cfg.catalog.truth_col is None:
+        raise CatalogError("training needs catalog.truth_col (the spectroscopic redshift column)")
+    df, cols = read_catalog(spark, catalog_path, cfg.catalog, need_truth=True)
+    wanted = cols.values + cols.errors + [cols.truth_col] + ([cols.ebv_col] if cols.ebv_col else [])
+    # Spectroscopic training sets are small (10^4-10^6 rows): one process holds them in memory.
+    pdf = df.select(*wanted).toPandas()
+    data = TrainingSet(pdf[cols.values].to_numpy(np.float64), pdf[cols.errors].to_numpy(np.float64),
+                       cols.photometry, pdf[cols.truth_col].to_numpy(np.float64),
+                       pdf[cols.ebv_col].to_numpy(np.float64) if cols.ebv_col else None, source=str(catalog_path))
+    return train_photoz(data, cfg, out_dir, log=_log)
+
+
+def model_catalog_settings(cfg: Config, manifest: dict):
+    """The model's own band set wins: a model trained on ugrizy cannot be fed grizy."""
+    cat = copy.deepcopy(cfg.catalog)
+    if list(cat.bands) != list(manifest["bands"]):
+        _log(f"using the model's bands {manifest['bands']} (configuration said {cat.bands})")
+        cat.bands = list(manifest["bands"])
+    return cat
+
+
+def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str) -> dict:
+    from udfs.photoz import check_no_collision, output_schema, photoz_arrow_mapper
+    t0 = time.time()
+    manifest, sha = verify(model_dir)           # refuse a tampered model before any Spark job
+    cat = model_catalog_settings(cfg, manifest)
+    df, cols = read_catalog(spark, catalog_path, cat)
+    check_no_collision(df.schema)
+    mapper = photoz_arrow_mapper(str(Path(model_dir).resolve()), sha, cols, cfg.inference, cfg.output.write_pdf)
+    out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf))
+    _log(f"photo-z for {catalog_path} with model {sha[:16]}... -> {out_path}")
+    if cols.has_coordinates:
+        written = write_hats(out, out_path, cols.ra_col, cols.dec_col, cfg.output.hats_order, cfg.output.mode)
+    else:
+        written = write_parquet(out, out_path, cfg.output.mode)
+    meta = {"model_dir": str(model_dir), "model_sha256": sha, "bins": manifest["bins"], "bands": cat.bands,
+            "catalog": str(catalog_path), "truth_col": cols.truth_col, "id_col": cols.id_col,
+            "rows_written": written.get("n_rows"), "layout": "hats" if cols.has_coordinates else "parquet",
+            "seconds": round(time.time() - t0, 1)}
+    (Path(out_path) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict | None = None,
+             z_col: str = "z_mean") -> dict:
+    from ..metrics.photoz import pdf_metrics, plot_inputs, point_metrics
+    from ..plots.photoz import write_evaluation_plots
+    meta_path = Path(predictions) / META_FILE
+    if bins is None:
+        if not meta_path.is_file():
+            raise CatalogError(f"{predictions} has no {META_FILE}; pass the model's bins (--model DIR)")
+        bins = json.loads(meta_path.read_text())["bins"]
+    df = read_table(spark, predictions)
+    for c in (truth_col, z_col, "pdf"):
+        if c not in df.columns:
+            raise CatalogError(f"predictions at {predictions} have no column {c!r}")
+    edges = np.linspace(bins["z_min"], bins["z_max"], bins["n_bins"] + 1)
+    df = df.select(truth_col, "z_mean", "z_mode", "z_median", "pdf", "flags").cache()
+    try:
+        result = {"predictions": str(predictions), "truth_col": truth_col}
+        for est in ("z_mean", "z_mode", "z_median"):
+            result[est] = point_metrics(df, est, truth_col)
+        result["pdf"] = pdf_metrics(df, "pdf", truth_col, edges)
+        inputs = plot_inputs(df, z_col, truth_col, "pdf", edges)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        result["plots"] = [str(p) for p in write_evaluation_plots(inputs, edges, out_dir)]
+    finally:
+        df.unpersist()
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return result

@@ -1,0 +1,28 @@
+"""Where a train function runs. ``local`` runs it in this process; the distributed backends
+(torch-distributor, horovod) register here and call the same function unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+_BACKENDS: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _BACKENDS[name] = fn
+        return fn
+    return deco
+
+
+@register("local")
+def _local(train_fn: Callable[..., Any], *args, **kwargs):
+    return train_fn(*args, **kwargs)
+
+
+def run(backend: str, train_fn: Callable[..., Any], *args, **kwargs):
+    if backend not in _BACKENDS:
+        raise ConfigError(f"train.backend {backend!r} is not available; choose one of {sorted(_BACKENDS)}")
+    return _BACKENDS[backend](train_fn, *args, **kwargs)

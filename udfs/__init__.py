@@ -1,0 +1,1 @@
+"""Thin pandas/Arrow UDF factories over lsst_spark_ml.inference."""
