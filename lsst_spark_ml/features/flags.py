@@ -10,7 +10,8 @@ bits         name                meaning
 8 + k        MISSING             value NaN or inf (not measured): replaced like a non-detection
 16 + k       BAD_ERROR           error NaN, inf or <= 0 with a usable value: error set to the cap
 24           NO_ESTIMATE         fewer than ``min_detected_bands`` detected bands: outputs are null
-25           OUT_OF_RANGE        a scaled feature lies outside the training range by > 10 %
+25           OUT_OF_RANGE        a scaled feature lies beyond [-2, 2] (the training 0.5-99.5 percentile
+                                 span maps to [-1, 1]); the feature is clipped there
 26           BAD_EBV             E(B-V) NaN, inf or negative: set to 0
 ===========  ==================  =====================================================================
 """

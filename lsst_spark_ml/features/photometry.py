@@ -60,7 +60,7 @@ def to_magnitudes(values: np.ndarray, errors: np.ndarray, kind: str, bands: list
 
 def feature_names(bands: list[str], fs: FeatureSettings) -> list[str]:
     names = [f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:])]
-    names += [f"err({a}-{b})" for a, b in zip(bands[:-1], bands[1:])]
+    names += [f"log10 err({a}-{b})" for a, b in zip(bands[:-1], bands[1:])]
     if fs.reference_band is not None:
         names.append(f"mag_{fs.reference_band}")
     if fs.use_ebv:
@@ -72,7 +72,8 @@ def colour_features(phot: Photometry, bands: list[str], fs: FeatureSettings,
                     ebv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """-> (X float32 (N, F), flags (N,) int64) with the colour, error, reference-mag and E(B-V) features."""
     m, e = phot.mag, phot.mag_err
-    cols = [m[:, :-1] - m[:, 1:], np.sqrt(e[:, :-1] ** 2 + e[:, 1:] ** 2)]
+    # Colour errors span three decades (0.007 to 1.4 mag): their logarithm keeps them on one scale.
+    cols = [m[:, :-1] - m[:, 1:], np.log10(np.sqrt(e[:, :-1] ** 2 + e[:, 1:] ** 2))]
     if fs.reference_band is not None:
         cols.append(m[:, [bands.index(fs.reference_band)]])
     flags = phot.flags.copy()

@@ -167,7 +167,8 @@ def pdf_metrics(df: DataFrame, pdf_col: str = "pdf", truth_col: str = "redshift"
                 brier_grid=ref.BRIER_GRID, n_pit_bins: int = PIT_BINS) -> dict:
     """PIT statistics (KS, CvM, AD, outlier rate, 100-bin histogram), CRPS, Brier score and CDE loss.
 
-    ``df[pdf_col]`` holds, per object, the probabilities of the ``len(bin_edges) - 1`` bins.
+    ``df[pdf_col]`` holds, per object, the probabilities of the ``len(bin_edges) - 1`` bins; a truth
+    outside the bin range is clipped to its edges, as in :mod:`.reference`.
     Raises ``CatalogError`` if any PDF array has another length (the edges do not belong to the model).
     """
     if bin_edges is None:
@@ -197,7 +198,8 @@ def pdf_metrics(df: DataFrame, pdf_col: str = "pdf", truth_col: str = "redshift"
         return out | dict.fromkeys(ref.PDF_KEYS, float("nan")) | {"pit_hist": [0] * ref.PIT_HIST_BINS}
     v = {k: g[k].to_numpy(float) for k in g.columns}
     tot = {s: float(v[s].sum()) for s in sums}
-    return out | pit_statistics_from_bins(v["c"], v["sd"], v["sdd"], v["umin"], v["umax"], v["l1"], v["l2"]) | {
+    pit = pit_statistics_from_bins(*(v[k] for k in ("c", "sd", "sdd", "umin", "umax", "l1", "l2")))
+    return out | pit | {
         "pit_outlier_rate": tot["pit_out"] / n,
         "pit_hist": g["c"].to_numpy().reshape(ref.PIT_HIST_BINS, -1).sum(axis=1).astype(int).tolist(),
         "crps": tot["crps"] / n,
@@ -217,13 +219,15 @@ def _hist_rows(batches, edges):
         p, ok, _ = _pdf_matrix(b.column(0), edges.size - 1)
         t, z = _as_float(b.column(1)), _as_float(b.column(2))
         both = ok & np.isfinite(t)
+        pit = ref.pit_values(p[both], edges, t[both])
         parts = [p[ok].sum(axis=0),
                  np.histogram(t[np.isfinite(t)], bins=edges)[0],
                  np.histogram(z[np.isfinite(z)], bins=edges)[0],
-                 np.histogram(ref.pit_values(p[both], edges, t[both]), bins=ref.PIT_HIST_BINS, range=(0, 1))[0]]
+                 np.histogram(pit, bins=ref.PIT_HIST_BINS, range=(0, 1))[0]]
         h, i, v = zip(*[(np.full(nz.size, k, np.int32), nz.astype(np.int32), part[nz].astype(float))
                         for k, part in enumerate(parts) for nz in [np.flatnonzero(part)]])
-        yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(x)) for x in (h, i, v)], names=["h", "i", "v"])
+        yield pa.RecordBatch.from_arrays([pa.array(np.concatenate(x)) for x in (h, i, v)],
+                                         names=["h", "i", "v"])
 
 
 def plot_inputs(df: DataFrame, z_col: str = "z_mean", truth_col: str = "redshift", pdf_col: str = "pdf",
@@ -243,9 +247,10 @@ def plot_inputs(df: DataFrame, z_col: str = "z_mean", truth_col: str = "redshift
     zmax = float(edges[-1] if zmax is None else zmax)
     t, z = F.col(truth_col).cast("double"), F.col(z_col).cast("double")
     idx = lambda c: F.least(F.floor(c * (n_2d / zmax)), F.lit(n_2d - 1)).cast("int")   # noqa: E731
-    inside = lambda c: (c >= 0) & (c <= zmax)                                           # noqa: E731 (NaN > all)
+    inside = lambda c: (c >= 0) & (c <= zmax)              # noqa: E731  (fails for NaN: NaN > all in Spark)
     hist2d = np.zeros((n_2d, n_2d))
-    for r in (df.where(inside(t) & inside(z)).groupBy(idx(t).alias("i"), idx(z).alias("j")).count().collect()):
+    cells = df.where(inside(t) & inside(z)).groupBy(idx(t).alias("i"), idx(z).alias("j")).count()
+    for r in cells.collect():
         hist2d[r["i"], r["j"]] = r["count"]
 
     sums = (df.select(pdf_col, t, z).mapInArrow(partial(_hist_rows, edges=edges), "h int, i int, v double")

@@ -1,4 +1,4 @@
-"""Photo-z metrics in plain numpy/scipy: the definitions the Spark versions in :mod:`.photoz` are tested against.
+"""Photo-z metrics in plain numpy/scipy: the definitions that the Spark versions in :mod:`.photoz` follow.
 
 Conventions (RAIL names where RAIL has the metric; ez = (z_phot - z_true) / (1 + z_true)):
 
@@ -178,7 +178,8 @@ def pdf_metrics(pdfs, truth, bin_edges, brier_grid=BRIER_GRID) -> dict:
     ok &= np.isfinite(truth)
     p, t = p[ok], truth[ok]
     if t.size == 0:
-        return {"n": 0, "n_invalid": int(ok.size)} | dict.fromkeys(PDF_KEYS, float("nan")) | {"pit_hist": [0] * PIT_HIST_BINS}
+        return ({"n": 0, "n_invalid": int(ok.size)} | dict.fromkeys(PDF_KEYS, float("nan"))
+                | {"pit_hist": [0] * PIT_HIST_BINS})
     sq, at = cde_terms(p, edges, t)
     return {"n": int(ok.sum()), "n_invalid": int((~ok).sum())} | pit_statistics(pit_values(p, edges, t)) | {
         "crps": float(crps_values(p, edges, t).mean()),

@@ -60,9 +60,8 @@ def plot_pit(pit_hist, path, metrics: dict | None = None) -> Path:
     ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform")
     ax.set(xlim=(0, 1), xlabel="PIT", ylabel="density")
     if metrics:
-        text = "\n".join(f"{name} = {metrics[key]:.4g}" for key, name in
-                         [("pit_ks", "KS"), ("pit_cvm", "CvM"), ("pit_ad", "AD"), ("pit_outlier_rate", "outliers")]
-                         if key in metrics)
+        names = {"pit_ks": "KS", "pit_cvm": "CvM", "pit_ad": "AD", "pit_outlier_rate": "outliers"}
+        text = "\n".join(f"{name} = {metrics[key]:.4g}" for key, name in names.items() if key in metrics)
         ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     ax.legend(loc="upper left", fontsize=8)
@@ -112,12 +111,12 @@ def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3
 
 
 def write_evaluation_plots(inputs: dict, bin_edges, out_dir, metrics: dict | None = None) -> list[Path]:
-    """The four evaluation figures from ``metrics.photoz.plot_inputs(...)``; ``metrics`` annotates the PIT plot."""
+    """The four evaluation figures from ``metrics.photoz.plot_inputs``; ``metrics`` annotates the PIT plot."""
     out = Path(out_dir)
     return [
         plot_zphot_vs_zspec(inputs["hist2d"], inputs["zmax"], out / "zphot_vs_zspec.png"),
         plot_pit(inputs["pit_hist"], out / "pit.png", metrics),
         plot_nz(bin_edges, inputs["nz_true"], inputs["nz_pdf"], inputs["nz_zmean"], out / "nz.png"),
-        plot_example_pdfs(bin_edges, inputs["example_pdfs"], inputs["example_truth"], out / "example_pdfs.png",
-                          inputs.get("example_z")),
+        plot_example_pdfs(bin_edges, inputs["example_pdfs"], inputs["example_truth"],
+                          out / "example_pdfs.png", inputs.get("example_z")),
     ]

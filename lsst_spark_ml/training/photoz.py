@@ -96,7 +96,7 @@ def fit_ensemble_weights(member_probs: torch.Tensor, y: torch.Tensor, epochs: in
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == epochs - 1:
-            log(f"[ensemble] step {step:4d}/{epochs}  anchor loss {float(loss):.4f}")
+            log(f"[ensemble] step {step:4d}/{epochs}  anchor loss {loss.item():.4f}")
     return w.detach()
 
 
