@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .config import SparkSettings
 
 log = logging.getLogger(__name__)
+LOG4J_QUIET = Path(__file__).resolve().parent / "resources" / "log4j2.properties"
 
 # What every pandas/Arrow UDF of this package relies on.
 ARROW_CONF = {
@@ -67,6 +69,9 @@ def get_spark(settings: SparkSettings | None = None, **overrides):
         conf.setdefault("spark.driver.memory", "4g")
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+    if not submitted and settings.log_level.upper() in ("WARN", "ERROR", "FATAL", "OFF"):
+        # Only a JVM this process launches can take a log4j file; spark-submit's JVM already has its own.
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOG4J_QUIET}"
     conf.update({k: str(v) for k, v in settings.conf.items()})
     for k, v in conf.items():
         builder = builder.config(k, v)

@@ -77,7 +77,7 @@ def _check_target(out_path: str, mode: str) -> tuple[pafs.FileSystem, str]:
     return fs, root
 
 
-def _write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
+def write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
     with fs.open_output_stream(path) as f:
         f.write(text.encode("utf-8"))
 
@@ -154,7 +154,7 @@ def write_hats(df, out_path: str, ra_col: str, dec_col: str, order: int, mode: s
     pq.write_metadata(schema, _join(dataset, "_metadata"), filesystem=fs,
                       metadata_collector=[md for _, md in footers])
 
-    _write_text(fs, _join(root, "partition_info.csv"),
+    write_text(fs, _join(root, "partition_info.csv"),
                 "Norder,Npix\n" + "".join(f"{order},{p}\n" for p in sorted(counts)))
 
     from .. import __version__
@@ -176,7 +176,7 @@ def write_hats(df, out_path: str, ra_col: str, dec_col: str, order: int, mode: s
     }
     text = "#HATS catalog\n" + "".join(f"{k}={v}\n" for k, v in props.items())
     for fname in ("hats.properties", "properties"):
-        _write_text(fs, _join(root, fname), text)
+        write_text(fs, _join(root, fname), text)
     if n_bad:
         log.warning("%d row(s) of %s have invalid coordinates; kept with %s=%d (Norder=%d, Npix=0)",
                     n_bad, out_path, HEALPIX_COLUMN, BAD_COORD_HEALPIX29, order)

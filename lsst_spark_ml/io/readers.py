@@ -253,9 +253,9 @@ def check_catalog(path: str | os.PathLike | None, cat: CatalogSettings, need_tru
     return CatalogCheck(path, fmt, columns, num_rows, schema, data_path, table)
 
 
-def read_catalog(spark: SparkSession, path: str | os.PathLike | None, cat: CatalogSettings,
-                 need_truth: bool = False) -> tuple[DataFrame, ResolvedColumns]:
-    """Return ``(DataFrame, ResolvedColumns)`` for the catalog at ``path`` (default ``cat.path``).
+def read_catalog_counted(spark: SparkSession, path: str | os.PathLike | None, cat: CatalogSettings,
+                         need_truth: bool = False) -> tuple[DataFrame, ResolvedColumns, int]:
+    """Return ``(DataFrame, ResolvedColumns, rows)`` for the catalog at ``path`` (default ``cat.path``).
 
     All checks of ``check_catalog`` run first; a bad catalog raises CatalogError before any Spark job.
     A HATS catalog keeps its Norder/Dir/Npix partition columns.
@@ -275,7 +275,14 @@ def read_catalog(spark: SparkSession, path: str | os.PathLike | None, cat: Catal
             df = df.withColumn("Npix", F.regexp_extract(F.col("_metadata.file_path"), r"Npix=(\d+)", 1).cast("long"))
     log.info("catalog %s: %s, %d rows, %s photometry", chk.path, chk.format, chk.num_rows, chk.columns.photometry)
     # Spark's types can differ from Arrow's (unsigned, decimals): check again on what Spark will compute with.
-    return df, resolve_columns(spark_schema_dict(df), cat, need_truth=need_truth, source=chk.path)
+    return df, resolve_columns(spark_schema_dict(df), cat, need_truth=need_truth, source=chk.path), chk.num_rows
+
+
+def read_catalog(spark: SparkSession, path: str | os.PathLike | None, cat: CatalogSettings,
+                 need_truth: bool = False) -> tuple[DataFrame, ResolvedColumns]:
+    """``read_catalog_counted`` without the row count (known from footers or the driver table)."""
+    df, cols, _ = read_catalog_counted(spark, path, cat, need_truth)
+    return df, cols
 
 
 def read_table(spark: SparkSession, path: str | os.PathLike) -> DataFrame:
@@ -297,4 +304,4 @@ def read_table(spark: SparkSession, path: str | os.PathLike) -> DataFrame:
 
 
 __all__ = ["CatalogCheck", "FORMATS", "check_catalog", "detect_format", "filesystem", "numpy_to_arrow",
-           "read_catalog", "read_table"]
+           "read_catalog", "read_catalog_counted", "read_table"]

@@ -12,8 +12,8 @@ import numpy as np
 from ..artefacts import verify
 from ..config import Config
 from ..errors import CatalogError
-from ..io.readers import read_catalog, read_table
-from ..io.hats_writer import write_hats, write_parquet
+from ..io.readers import filesystem, read_catalog, read_catalog_counted, read_table
+from ..io.hats_writer import write_text, write_hats, write_parquet
 
 META_FILE = "photoz_meta.json"
 
@@ -50,7 +50,7 @@ def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str
     t0 = time.time()
     manifest, sha = verify(model_dir)           # refuse a tampered model before any Spark job
     cat = model_catalog_settings(cfg, manifest)
-    df, cols = read_catalog(spark, catalog_path, cat)
+    df, cols, n_in = read_catalog_counted(spark, catalog_path, cat)
     check_no_collision(df.schema)
     mapper = photoz_arrow_mapper(str(Path(model_dir).resolve()), sha, cols, cfg.inference, cfg.output.write_pdf)
     out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf))
@@ -59,11 +59,17 @@ def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str
         written = write_hats(out, out_path, cols.ra_col, cols.dec_col, cfg.output.hats_order, cfg.output.mode)
     else:
         written = write_parquet(out, out_path, cfg.output.mode)
+    if written.get("n_rows") != n_in:
+        # Cannot happen by construction (mapInArrow appends columns to each batch); checked all the same.
+        raise RuntimeError(f"{catalog_path}: {n_in} rows in, {written.get('n_rows')} rows written to {out_path}")
     meta = {"model_dir": str(model_dir), "model_sha256": sha, "bins": manifest["bins"], "bands": cat.bands,
             "catalog": str(catalog_path), "truth_col": cols.truth_col, "id_col": cols.id_col,
-            "rows_written": written.get("n_rows"), "layout": "hats" if cols.has_coordinates else "parquet",
+            "spark_master": spark.sparkContext.master,
+            "rows_in": n_in, "rows_written": written.get("n_rows"),
+            "layout": "hats" if cols.has_coordinates else "parquet",
             "seconds": round(time.time() - t0, 1)}
-    (Path(out_path) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    fs, p = filesystem(out_path)
+    write_text(fs, f"{p.rstrip('/')}/{META_FILE}", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
