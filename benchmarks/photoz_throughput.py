@@ -89,8 +89,6 @@ def main():
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         inf = InferenceSettings(batch_size=bs, precision=args.precision)
-        if args.precision != "float32":
-            pass
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(bs))
         out = df.mapInArrow(photoz_arrow_mapper(model_dir, sha, cols, inf), output_schema(df.schema))
         out.write.format("noop").mode("overwrite").save()     # warm-up: workers start, model loads

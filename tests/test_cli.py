@@ -1,0 +1,300 @@
+"""The real command line (``lsst-spark-ml``) and the spark-submit jobs, each run in its own process.
+
+Every run that reaches Spark starts a JVM (~10 s), so one prediction is shared by the tests that read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import BANDS, load_dc2
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+CLI = VENV_BIN / "lsst-spark-ml"
+SHIPPED_MODEL = REPO / "lsst_spark_ml" / "resources" / "models" / "mbrnn_dc2"
+PHOTOZ_COLUMNS = ["z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi68", "pdf", "flags", "model_sha256"]
+PLOTS = ("zphot_vs_zspec.png", "pit.png", "nz.png", "example_pdfs.png")
+N_ROWS = 5000
+NAN_COORD_ROWS = (3, 17, 4001)            # coord_ra, coord_dec or both NaN
+NAN_FLUX_ROWS = (5, 250, 2500)            # one band's flux NaN
+
+_LAUNCH_VARS = ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS",
+                "MASTER", "SPARK_MASTER", "SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE",
+                "_PYSPARK_DRIVER_CONN_INFO_PATH")
+
+
+def run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARK_LOCAL_IP="127.0.0.1", PYTHONUNBUFFERED="1")
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def show(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, show(proc)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def rubin_catalog(n: int = N_ROWS, seed: int = 7) -> pa.Table:
+    """DC2 validation galaxies in Rubin Object-table naming: cModel fluxes in nJy, objectId, coordinates."""
+    mags, mag_errs, z, _ = load_dc2("validation", n)
+    rng = np.random.default_rng(seed)
+    cols: dict[str, np.ndarray] = {"objectId": rng.permutation(np.arange(10**12, 10**12 + 10 * n, 10))[:n]}
+    ra = rng.uniform(0.0, 360.0, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+    ra[NAN_COORD_ROWS[0]] = np.nan
+    dec[NAN_COORD_ROWS[1]] = np.nan
+    ra[NAN_COORD_ROWS[2]] = dec[NAN_COORD_ROWS[2]] = np.nan
+    cols["coord_ra"], cols["coord_dec"] = ra, dec
+    for k, b in enumerate(BANDS):
+        flux = 10.0 ** (-0.4 * (mags[:, k] - 31.4))
+        err = flux * mag_errs[:, k] / 1.0857
+        # The DESC file marks a non-detection with mag 99; an Object table has a flux near 0 and a real error.
+        nondet = mags[:, k] > 90
+        flux[nondet] = 0.0
+        err[nondet] = 10.0 ** (-0.4 * (27.8 - 31.4))
+        cols[f"{b}_cModelFlux"], cols[f"{b}_cModelFluxErr"] = flux, err
+    for row, band in zip(NAN_FLUX_ROWS, "gri"):
+        cols[f"{band}_cModelFlux"][row] = np.nan
+    cols["redshift"] = z
+    return pa.table(cols)
+
+
+def mag_catalog_without_r(path: Path, n: int = 200) -> Path:
+    mags, mag_errs, z, ids = load_dc2("validation", n)
+    cols = {"id": ids, "redshift": z}
+    for k, b in enumerate(BANDS):
+        if b != "r":
+            cols[f"mag_{b}_lsst"] = mags[:, k]
+        cols[f"mag_err_{b}_lsst"] = mag_errs[:, k]
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> tuple[Path, pa.Table]:
+    table = rubin_catalog()
+    path = tmp_path_factory.mktemp("catalog") / "object.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    return path, table
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, catalog, tiny_model):
+    """``lsst-spark-ml photoz predict`` on the Rubin-naming catalog: (process, output dir)."""
+    work = tmp_path_factory.mktemp("predict")
+    out = work / "photoz"
+    proc = run([CLI, "photoz", "predict", "--catalog", catalog[0], "--model", tiny_model[0], "--out", out,
+                "--master", "local[2]"], cwd=work)
+    return proc, out
+
+
+def read_output(out: Path) -> pa.Table:
+    return pds.dataset(out / "dataset", format="parquet", partitioning="hive").to_table()
+
+
+# ----------------------------------------------------------------------------- help
+
+HELP_CASES = [
+    ([], ["photoz", "demo"]),
+    (["photoz"], ["train", "predict", "evaluate"]),
+    (["photoz", "train"], ["--catalog", "--out", "--conf", "--set", "--master"]),
+    (["photoz", "predict"], ["--catalog", "--model", "--out", "--conf", "--set", "--master"]),
+    (["photoz", "evaluate"], ["--predictions", "--truth-col", "--out", "--model", "--z-col"]),
+    (["demo"], ["--out", "--rows", "--model", "--master"]),
+]
+
+
+def test_help_of_every_command(tmp_path):
+    for args, needles in HELP_CASES:
+        proc = run([CLI, *args, "--help"], cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0, show(proc)
+        assert proc.stdout.startswith("usage: lsst-spark-ml"), show(proc)
+        for needle in needles:
+            assert needle in proc.stdout, f"'{' '.join(args)} --help' does not mention {needle}:\n{proc.stdout}"
+    # No command at all is a usage error, not a traceback.
+    proc = run([CLI], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, show(proc)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def assert_refused_before_any_job(proc: subprocess.CompletedProcess, code: int | None, *needles: str) -> None:
+    if code is None:
+        assert proc.returncode != 0, show(proc)
+    else:
+        assert proc.returncode == code, show(proc)
+    for needle in needles:
+        assert needle in proc.stderr, f"{needle!r} not in stderr\n{show(proc)}"
+    assert "[Stage" not in proc.stderr, f"a Spark job ran before the error\n{show(proc)}"
+    assert "Traceback" not in proc.stderr, show(proc)
+
+
+def test_bad_inputs_fail_fast_with_the_culprit_named(tmp_path, tiny_model, catalog):
+    model = tiny_model[0]
+    out = tmp_path / "out"
+
+    missing = tmp_path / "no_such_catalog.parquet"
+    proc = run([CLI, "photoz", "predict", "--catalog", missing, "--model", model, "--out", out], cwd=tmp_path)
+    assert_refused_before_any_job(proc, 2, "no_such_catalog.parquet", "does not exist")
+
+    no_r = mag_catalog_without_r(tmp_path / "no_r.parquet")
+    proc = run([CLI, "photoz", "predict", "--catalog", no_r, "--model", model, "--out", out], cwd=tmp_path)
+    assert_refused_before_any_job(proc, 2, "mag_r_lsst", "no_r.parquet")
+
+    bad_model = tmp_path / "tampered"
+    shutil.copytree(model, bad_model)
+    with open(bad_model / "weights.safetensors", "r+b") as f:
+        f.seek(-16, os.SEEK_END)
+        tail = f.read(16)
+        f.seek(-16, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in tail))
+    proc = run([CLI, "photoz", "predict", "--catalog", catalog[0], "--model", bad_model, "--out", out],
+               cwd=tmp_path)
+    assert_refused_before_any_job(proc, None, "sha256", "weights.safetensors")
+    assert not out.exists(), "nothing may be written for a refused model"
+
+
+# ----------------------------------------------------------------------------- predict + evaluate
+
+def test_predict_writes_hats_with_every_row(predicted, catalog, tiny_model):
+    proc, out = predicted
+    assert_ok(proc)
+    _, table = catalog
+    model_dir, sha = tiny_model
+    for name in ("hats.properties", "partition_info.csv", "dataset/_metadata", "dataset/_common_metadata"):
+        assert (out / name).is_file(), f"{name} missing in {sorted(p.name for p in out.iterdir())}"
+    assert any((out / "dataset").glob("Norder=*/Dir=*/Npix=*"))
+
+    meta = json.loads((out / "photoz_meta.json").read_text())
+    assert meta["rows_in"] == meta["rows_written"] == N_ROWS
+    assert meta["layout"] == "hats" and meta["model_sha256"] == sha
+    assert meta["id_col"] == "objectId" and meta["spark_master"] == "local[2]"
+    # The JSON on stdout is the same record.
+    assert json.loads(proc.stdout) == meta
+
+    got = read_output(out)
+    assert got.num_rows == N_ROWS
+    missing = [c for c in PHOTOZ_COLUMNS if c not in got.column_names]
+    assert not missing, f"output lacks {missing}; has {got.column_names}"
+    for c in table.column_names:
+        assert c in got.column_names
+    ids = got.column("objectId").to_numpy()
+    assert len(np.unique(ids)) == N_ROWS
+    assert set(ids.tolist()) == set(table.column("objectId").to_numpy().tolist())
+    assert set(got.column("model_sha256").to_pylist()) == {sha}
+
+    # Same count from the _metadata footers alone.
+    assert pds.parquet_dataset(out / "dataset" / "_metadata").count_rows() == N_ROWS
+
+    df = got.select(["objectId", "Npix", "z_median", "pdf", "flags"]).to_pandas().set_index("objectId")
+    in_ids = table.column("objectId").to_numpy()
+    # Rows with NaN coordinates are kept, in pixel 0.
+    assert (df.loc[in_ids[list(NAN_COORD_ROWS)], "Npix"] == 0).all()
+    # Nearly every galaxy gets an estimate and a PDF of the model's bins; a NaN flux is flagged, not fatal.
+    z = df["z_median"].to_numpy()
+    assert np.isfinite(z).mean() > 0.99
+    assert np.nanmin(z) >= 0 and np.nanmax(z) <= meta["bins"]["z_max"]
+    for oid in in_ids[list(NAN_FLUX_ROWS)]:
+        assert df.loc[oid, "flags"] != 0
+    first_ok = df["pdf"].dropna().iloc[0]
+    assert len(first_ok) == meta["bins"]["n_bins"]
+
+
+def test_evaluate_prints_metrics_and_writes_plots(predicted, tmp_path):
+    proc, out = predicted
+    assert_ok(proc)
+    ev = tmp_path / "eval"
+    res = run([CLI, "photoz", "evaluate", "--predictions", out, "--truth-col", "redshift", "--out", ev,
+               "--master", "local[2]"], cwd=tmp_path)
+    assert_ok(res)
+    printed = json.loads(res.stdout)
+    for est in ("z_mean", "z_mode", "z_median"):
+        m = printed[est]
+        for key in ("sigma_nmad", "catastrophic_fraction", "point_bias", "point_outlier_rate"):
+            assert key in m and np.isfinite(m[key]), (est, key, m)
+        assert m["n"] + m["n_invalid"] == N_ROWS and m["n"] > 0.99 * N_ROWS
+        assert 0 < m["sigma_nmad"] < 0.5 and 0 <= m["catastrophic_fraction"] < 0.5
+    for key in ("pit_ks", "pit_cvm", "pit_ad", "pit_outlier_rate", "crps", "brier", "cde_loss"):
+        assert key in printed["pdf"] and np.isfinite(printed["pdf"][key]), (key, printed["pdf"])
+    assert 0 <= printed["pdf"]["pit_ks"] <= 1
+    for name in PLOTS:
+        f = ev / name
+        assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert json.loads((ev / "metrics.json").read_text()) == printed
+
+
+def test_spark_submit_job_predicts_the_same(tmp_path, catalog, tiny_model, predicted):
+    out = tmp_path / "photoz"
+    proc = run([VENV_BIN / "spark-submit", "--master", "local[1]", REPO / "jobs" / "photoz_predict.py",
+                "--catalog", catalog[0], "--model", tiny_model[0], "--out", out], cwd=tmp_path)
+    assert_ok(proc)
+    meta = json.loads((out / "photoz_meta.json").read_text())
+    assert meta["rows_in"] == meta["rows_written"] == N_ROWS
+    assert meta["layout"] == "hats" and meta["model_sha256"] == tiny_model[1]
+    assert (out / "hats.properties").is_file() and (out / "dataset" / "_metadata").is_file()
+    got = read_output(out).select(["objectId", "z_median", "flags"]).to_pandas().set_index("objectId")
+    ref = read_output(predicted[1]).select(["objectId", "z_median", "flags"]).to_pandas().set_index("objectId")
+    assert set(got.index) == set(ref.index)
+    got = got.loc[ref.index]
+    np.testing.assert_array_equal(got["flags"].to_numpy(), ref["flags"].to_numpy())
+    np.testing.assert_allclose(got["z_median"].to_numpy(), ref["z_median"].to_numpy(), rtol=1e-6)
+    assert meta["spark_master"] == "local[1]", "spark-submit's --master was overridden"
+
+
+# ----------------------------------------------------------------------------- demo
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, tiny_model):
+    out = tmp_path / "demo"
+    proc = run([CLI, "demo", "--rows", "20000", "--out", out, "--model", tiny_model[0], "--master", "local[2]"],
+               cwd=tmp_path, timeout=850)
+    assert_ok(proc)
+    printed = Path(proc.stdout.strip().splitlines()[-1])
+    assert printed == out.resolve() and printed.is_dir()
+    summary = json.loads((printed / "summary.json").read_text())
+    assert set(summary["stages"]) == {"dc2_validation", "synthetic"}
+    assert summary["stages"]["dc2_validation"]["rows"] == 20449
+    assert summary["stages"]["synthetic"]["rows"] == 20000
+    for stage in summary["stages"].values():
+        m = stage["metrics"]
+        assert {"z_mean", "z_mode", "z_median", "pdf"} <= set(m)
+        assert np.isfinite(m["z_mode"]["sigma_nmad"]) and np.isfinite(m["pdf"]["pit_ks"])
+    for stage in ("dc2_validation", "synthetic"):
+        meta = json.loads((printed / stage / "photoz" / "photoz_meta.json").read_text())
+        assert meta["rows_in"] == meta["rows_written"]
+        for name in PLOTS + ("metrics.json",):
+            assert (printed / stage / "evaluation" / name).is_file(), (stage, name)
+
+
+# ----------------------------------------------------------------------------- the shipped model
+
+def test_shipped_model_beats_the_knn_baseline():
+    if not (SHIPPED_MODEL / "manifest.json").is_file():
+        pytest.skip(f"no shipped model at {SHIPPED_MODEL} (train it with `make train-default`)")
+    from lsst_spark_ml.inference.photoz import PhotozPredictor
+    from lsst_spark_ml.metrics.reference import point_metrics
+    pred = PhotozPredictor.load(SHIPPED_MODEL)
+    mags, errs, z, _ = load_dc2("validation")
+    res = pred.predict(mags, errs, "mag")
+    m = point_metrics(res["z_median"], z)
+    assert m["n"] + m["n_invalid"] == len(z) and m["n_invalid"] < 0.001 * len(z), m
+    assert m["sigma_nmad"] < 0.0295, m
+    assert m["catastrophic_fraction"] < 0.032, m
