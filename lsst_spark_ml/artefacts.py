@@ -65,6 +65,9 @@ def save_artefact(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifes
     with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as f:
         f.write(text)
     os.replace(f.name, out / MANIFEST)
+    # Executors often run as another user than the one who trained: model files must be world-readable.
+    for name in (MANIFEST, *files):
+        os.chmod(out / name, 0o644)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", required=True, help="output directory of 'photoz predict'")
     ev.add_argument("--truth-col", required=True, help="column with the true/spectroscopic redshift")
     ev.add_argument("--out", required=True, help="directory for metrics.json and the PNG plots")
-    ev.add_argument("--model", help="model directory, when the predictions lack photoz_meta.json")
-    ev.add_argument("--z-col", default="z_mode", help="point estimate for the scatter plot (default z_mode)")
+    ev.add_argument("--model", help="model directory, when the predictions lack _photoz_meta.json")
+    ev.add_argument("--z-col", default="z_median", help="point estimate for the plots (default z_median)")
     _common(ev)
     ev.set_defaults(func=cmd_photoz_evaluate)
 

@@ -11,8 +11,9 @@ OUTPUT_COLUMNS = POINT_COLUMNS + ("pdf", "flags", "model_sha256")
 def spark_fields() -> list[T.StructField]:
     return ([T.StructField(c, T.DoubleType(), True) for c in POINT_COLUMNS]
             + [T.StructField("pdf", T.ArrayType(T.FloatType(), False), True),
-               T.StructField("flags", T.LongType(), False),
-               T.StructField("model_sha256", T.StringType(), False)])
+               # nullable, although never null: pandas UDFs cannot declare non-null results
+               T.StructField("flags", T.LongType(), True),
+               T.StructField("model_sha256", T.StringType(), True)])
 
 
 def spark_struct() -> T.StructType:

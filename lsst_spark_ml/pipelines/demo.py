@@ -31,7 +31,7 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
     _log("1/2 cosmoDC2 validation file (20,449 galaxies, DESC HDF5) -> photo-z -> evaluation")
     dc2_out = out_dir / "dc2_validation"
     meta = photoz.predict(spark, cfg, str(dc2_paths()["validation"]), model_dir, str(dc2_out / "photoz"))
-    ev = photoz.evaluate(spark, str(dc2_out / "photoz"), "redshift", str(dc2_out / "evaluation"), z_col="z_mode")
+    ev = photoz.evaluate(spark, str(dc2_out / "photoz"), "redshift", str(dc2_out / "evaluation"), z_col="z_median")
     summary["stages"]["dc2_validation"] = {"rows": meta["rows_written"], "seconds": round(time.time() - t, 1),
                                            "metrics": ev}
 
@@ -44,7 +44,7 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
     meta = photoz.predict(spark, cfg, str(syn_in), model_dir, str(out_dir / "synthetic" / "photoz"))
     t_pred = time.time() - t
     ev = photoz.evaluate(spark, str(out_dir / "synthetic" / "photoz"), "redshift",
-                         str(out_dir / "synthetic" / "evaluation"), z_col="z_mode")
+                         str(out_dir / "synthetic" / "evaluation"), z_col="z_median")
     summary["stages"]["synthetic"] = {"rows": meta["rows_written"], "generate_seconds": round(t_gen, 1),
                                       "predict_seconds": round(t_pred, 1),
                                       "rows_per_second": round(n_synthetic / t_pred) if t_pred else None,
@@ -52,10 +52,10 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
     print("\nlsst_spark_ml demo: photo-z with the shipped MBRNN ensemble", file=sys.stderr)
-    print(f"{'catalog':<16}{'rows':>10}{'sigma_NMAD':>12}{'outliers':>10}{'bias':>10}{'PIT KS':>9}  (z_mode)",
+    print(f"{'catalog':<16}{'rows':>10}{'sigma_NMAD':>12}{'outliers':>10}{'bias':>10}{'PIT KS':>9}  (z_median)",
           file=sys.stderr)
     for name, st in summary["stages"].items():
-        m, p = st["metrics"]["z_mode"], st["metrics"]["pdf"]
+        m, p = st["metrics"]["z_median"], st["metrics"]["pdf"]
         print(f"{name:<16}{st['rows']:>10,}{m['sigma_nmad']:>12.4f}{m['catastrophic_fraction']:>10.4f}"
               f"{m['point_bias']:>10.4f}{p['pit_ks']:>9.3f}", file=sys.stderr)
     print(f"\nOutputs, metrics and plots: {out_dir}", file=sys.stderr)

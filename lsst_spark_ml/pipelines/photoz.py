@@ -15,7 +15,7 @@ from ..errors import CatalogError
 from ..io.readers import filesystem, read_catalog, read_catalog_counted, read_table
 from ..io.hats_writer import write_text, write_hats, write_parquet
 
-META_FILE = "photoz_meta.json"
+META_FILE = "_photoz_meta.json"   # leading underscore: Spark and pyarrow skip it as data
 
 
 def _log(msg: str) -> None:
@@ -74,7 +74,7 @@ def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str
 
 
 def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict | None = None,
-             z_col: str = "z_mean") -> dict:
+             z_col: str = "z_median") -> dict:
     from ..metrics.photoz import pdf_metrics, plot_inputs, point_metrics
     from ..plots.photoz import write_evaluation_plots
     meta_path = Path(predictions) / META_FILE
@@ -95,7 +95,8 @@ def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict |
         result["pdf"] = pdf_metrics(df, "pdf", truth_col, edges)
         inputs = plot_inputs(df, z_col, truth_col, "pdf", edges)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        result["plots"] = [str(p) for p in write_evaluation_plots(inputs, edges, out_dir)]
+        result["plots"] = [str(p) for p in write_evaluation_plots(inputs, edges, out_dir, result["pdf"],
+                                                                  point_label=z_col)]
     finally:
         df.unpersist()
     (Path(out_dir) / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

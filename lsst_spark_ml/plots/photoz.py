@@ -68,7 +68,7 @@ def plot_pit(pit_hist, path, metrics: dict | None = None) -> Path:
     return _save(fig, path)
 
 
-def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path) -> Path:
+def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path, point_label: str = "z_mean") -> Path:
     """Redshift distribution: true z histogram against the summed PDFs and the point-estimate histogram."""
     edges = np.asarray(bin_edges, float)
     w = np.diff(edges)
@@ -76,7 +76,7 @@ def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path) -> Path:
     ax = fig.add_subplot()
     for counts, label, style in [(nz_true, "true z", {"color": "k", "lw": 1.5}),
                                  (nz_pdf, "sum of PDFs", {"color": "C0", "lw": 1.5}),
-                                 (nz_zmean, "histogram of z_mean", {"color": "C1", "lw": 1, "ls": "--"})]:
+                                 (nz_zmean, f"histogram of {point_label}", {"color": "C1", "lw": 1, "ls": "--"})]:
         c = np.asarray(counts, float)
         ax.stairs(c / (max(c.sum(), 1e-300) * w), edges, label=label, **style)
     ax.set(xlim=(edges[0], edges[-1]), xlabel="z", ylabel="n(z) (normalised)")
@@ -84,7 +84,8 @@ def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path) -> Path:
     return _save(fig, path)
 
 
-def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3) -> Path:
+def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3,
+                      point_label: str = "z_mean") -> Path:
     """A grid of PDFs (densities) with the true redshift and, when given, the point estimate."""
     edges = np.asarray(bin_edges, float)
     pdfs = np.atleast_2d(np.asarray(pdfs, float))
@@ -99,7 +100,7 @@ def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3
         ax.stairs(pdfs[i] / pdfs[i].sum() / np.diff(edges), edges, fill=True, alpha=0.6)
         ax.axvline(truth[i], color="k", lw=1.2, label="true z")
         if z_point is not None and np.isfinite(z_point[i]):
-            ax.axvline(z_point[i], color="C3", ls="--", lw=1, label="z_mean")
+            ax.axvline(z_point[i], color="C3", ls="--", lw=1, label=point_label)
         ax.set_title(f"z_true = {truth[i]:.3f}", fontsize=9)
         ax.set_xlim(edges[0], edges[-1])
     for ax in axes[-1]:
@@ -110,13 +111,14 @@ def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3
     return _save(fig, path)
 
 
-def write_evaluation_plots(inputs: dict, bin_edges, out_dir, metrics: dict | None = None) -> list[Path]:
+def write_evaluation_plots(inputs: dict, bin_edges, out_dir, metrics: dict | None = None,
+                           point_label: str = "z_mean") -> list[Path]:
     """The four evaluation figures from ``metrics.photoz.plot_inputs``; ``metrics`` annotates the PIT plot."""
     out = Path(out_dir)
     return [
-        plot_zphot_vs_zspec(inputs["hist2d"], inputs["zmax"], out / "zphot_vs_zspec.png"),
+        plot_zphot_vs_zspec(inputs["hist2d"], inputs["zmax"], out / "zphot_vs_zspec.png", label=point_label),
         plot_pit(inputs["pit_hist"], out / "pit.png", metrics),
-        plot_nz(bin_edges, inputs["nz_true"], inputs["nz_pdf"], inputs["nz_zmean"], out / "nz.png"),
+        plot_nz(bin_edges, inputs["nz_true"], inputs["nz_pdf"], inputs["nz_zmean"], out / "nz.png", point_label),
         plot_example_pdfs(bin_edges, inputs["example_pdfs"], inputs["example_truth"],
-                          out / "example_pdfs.png", inputs.get("example_z")),
+                          out / "example_pdfs.png", inputs.get("example_z"), point_label=point_label),
     ]
