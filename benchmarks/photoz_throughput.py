@@ -49,10 +49,17 @@ def plain_torch(model_dir, values, errors, cores, batch):
     return {"rows_per_s": len(values) / compute, "wall_incl_startup_s": wall, "peak_rss_mb": max(r[1] for r in res)}
 
 
-def worker_peak_rss(spark, n):
-    def rss(_):
-        yield resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return max(spark.sparkContext.parallelize(range(n), n).mapPartitions(rss).collect())
+def with_peak_rss(mapper, log_dir: str):
+    """Wrap a mapInArrow function so each Python worker records its peak RSS after its last batch."""
+    def run(batches):
+        yield from mapper(batches)
+        with open(os.path.join(log_dir, str(os.getpid())), "w") as f:
+            f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return run
+
+
+def worker_peak_rss(log_dir: str) -> float:
+    return max(float(Path(log_dir, p).read_text()) for p in os.listdir(log_dir))
 
 
 def main():
@@ -90,7 +97,9 @@ def main():
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         inf = InferenceSettings(batch_size=bs, precision=args.precision)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(bs))
-        out = df.mapInArrow(photoz_arrow_mapper(model_dir, sha, cols, inf), output_schema(df.schema))
+        rss_dir = tempfile.mkdtemp(prefix="rss-", dir=tmp)
+        out = df.mapInArrow(with_peak_rss(photoz_arrow_mapper(model_dir, sha, cols, inf), rss_dir),
+                            output_schema(df.schema))
         out.write.format("noop").mode("overwrite").save()     # warm-up: workers start, model loads
         spark_t, plain_r = [], []
         for _ in range(args.repeats):
@@ -101,7 +110,7 @@ def main():
         sp = args.rows / float(np.median(spark_t))
         pl = float(np.median([r["rows_per_s"] for r in plain_r]))
         rows.append({"batch": bs, "spark_rows_per_s": round(sp), "plain_torch_rows_per_s": round(pl),
-                     "ratio": round(sp / pl, 3), "spark_worker_peak_rss_mb": round(worker_peak_rss(spark, args.cores)),
+                     "ratio": round(sp / pl, 3), "spark_worker_peak_rss_mb": round(worker_peak_rss(rss_dir)),
                      "plain_peak_rss_mb": round(max(r["peak_rss_mb"] for r in plain_r))})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     spark.stop()

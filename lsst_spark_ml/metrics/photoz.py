@@ -237,7 +237,8 @@ def plot_inputs(df: DataFrame, z_col: str = "z_mean", truth_col: str = "redshift
     Keys: ``hist2d`` (n_2d x n_2d counts over [0, zmax]^2, axis 0 true z, axis 1 z_col; values outside
     are left out), ``zmax``, ``pit_hist`` (100 bins), ``nz_true`` and ``nz_zmean`` (histograms on
     ``bin_edges`` of every finite truth / z_col value), ``nz_pdf`` (sum of the valid PDFs), and
-    ``example_pdfs``, ``example_truth``, ``example_z`` (the first ``n_examples`` rows with a PDF and a truth).
+    ``example_pdfs``, ``example_truth``, ``example_z`` (``n_examples`` sampled rows with a PDF and a truth,
+    spread over the true redshift range).
     """
     if bin_edges is None:
         raise ConfigError("plot_inputs needs the bin_edges of the PDFs")
@@ -261,8 +262,16 @@ def plot_inputs(df: DataFrame, z_col: str = "z_mean", truth_col: str = "redshift
     for r in sums:
         out[_HISTS[r["h"]]][r["i"]] = r["v"]
 
-    ex = (df.where(F.col(pdf_col).isNotNull() & _finite(t)).select(F.col(pdf_col), t.alias("t"), z.alias("z"))
-          .limit(n_examples).collect())
+    # Catalogs are often sorted (by redshift, by position): the first rows would all look alike. A small
+    # Bernoulli sample (no shuffle) of ~40 candidates per example, then evenly spaced in true redshift.
+    valid = df.where(F.col(pdf_col).isNotNull() & _finite(t))
+    n_valid = int(sum(out["nz_true"]))
+    frac = min(1.0, 40.0 * n_examples / max(n_valid, 1))
+    cand = (valid.sample(fraction=frac, seed=17).select(F.col(pdf_col), t.alias("t"), z.alias("z"))
+            .limit(40 * n_examples).collect())
+    cand.sort(key=lambda r: r["t"])
+    pick = np.unique(np.linspace(0, len(cand) - 1, min(n_examples, len(cand))).round().astype(int)) if cand else []
+    ex = [cand[i] for i in pick]
     return out | {
         "hist2d": hist2d, "zmax": zmax,
         "example_pdfs": np.array([r[0] for r in ex], dtype=float).reshape(len(ex), k),
