@@ -15,7 +15,7 @@ test-fast:
 
 bench:
 	@scripts/bootstrap.sh
-	.venv/bin/python benchmarks/photoz_throughput.py $(ARGS)
+	.venv/bin/python benchmarks/photoz_throughput.py --rows 200000 --cores 2 $(ARGS)
 
 train-default:
 	@scripts/bootstrap.sh
