@@ -22,11 +22,13 @@ ARROW_CONF = {
 
 def _submitted_master() -> str | None:
     """The master spark-submit (or an already running context) put in the JVM's properties, if any."""
-    from pyspark import SparkContext
+    from pyspark import SparkConf, SparkContext
     if SparkContext._active_spark_context is not None:
         return SparkContext._active_spark_context.master
-    if "PYSPARK_GATEWAY_PORT" in os.environ or os.environ.get("SPARK_SUBMIT_OPTS") or _launched_by_spark_submit():
-        from pyspark import SparkConf
+    if "PYSPARK_GATEWAY_PORT" in os.environ or _launched_by_spark_submit():
+        # spark-submit started the JVM already; until we connect to it, SparkConf() is an empty Python
+        # dict and would report no master.
+        SparkContext._ensure_initialized()
         return SparkConf().get("spark.master", None)
     return None
 
