@@ -40,10 +40,13 @@ def _photometry(get, cols: ResolvedColumns):
 
 
 def _column_getter_arrow(batch: pa.RecordBatch):
-    # Nulls become NaN so that they take the MISSING path of the non-detection policy.
-    return lambda c: batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False) \
-        if batch.column(c).null_count == 0 else \
-        np.asarray(batch.column(c).fill_null(float("nan")).to_numpy(zero_copy_only=False), dtype=np.float64)
+    def get(name: str) -> np.ndarray:
+        col = batch.column(name)
+        if col.null_count:
+            # Nulls become NaN so that they take the MISSING path of the non-detection policy.
+            col = col.cast(pa.float64()).fill_null(float("nan"))
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return get
 
 
 def photoz_arrow_mapper(model_dir: str, sha256: str, cols: ResolvedColumns, inf: InferenceSettings,

@@ -5,6 +5,7 @@ Spark-free: the caller hands over photometry arrays (read through lsst_spark_ml.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sys
@@ -20,6 +21,7 @@ from ..features import flags as F
 from ..features.photometry import Photometry, colour_features, feature_names, to_magnitudes
 from ..features.scaling import MinMaxScaler
 from ..inference.summaries import summarize
+from ..metrics.reference import point_metrics
 from ..models import MBRNN, MBRNNEnsemble, anchor_loss, anchor_loss_from_log_probs, redshift_to_bin
 from . import backends
 from .loop import fit
@@ -100,16 +102,6 @@ def fit_ensemble_weights(member_probs: torch.Tensor, y: torch.Tensor, epochs: in
     return w.detach()
 
 
-def point_summary(z_phot: np.ndarray, z_true: np.ndarray) -> dict:
-    ez = (z_phot - z_true) / (1.0 + z_true)
-    q25, q50, q75 = np.percentile(ez, [25, 50, 75])
-    iqr = (q75 - q25) / 1.349
-    return {"n": int(len(ez)), "point_bias": float(q50), "point_stats_iqr": float(iqr),
-            "sigma_nmad": float(1.4826 * np.median(np.abs(ez))),
-            "point_outlier_rate": float(np.mean(np.abs(ez) > max(0.06, 3 * iqr))),
-            "catastrophic_fraction": float(np.mean(np.abs(ez) > 0.15))}
-
-
 def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict:
     """Train the ensemble described by ``cfg.model`` on ``data`` and write the model directory."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -157,16 +149,15 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     edges = np.linspace(ms.z_min, ms.z_max, ms.n_bins + 1)
     summ = summarize(pdf, edges)
     metrics = {"split": "held-out validation split of the training catalog",
-               "z_mean": point_summary(summ["z_mean"], z[val_idx]),
-               "z_mode": point_summary(summ["z_mode"], z[val_idx])}
+               "z_mean": point_metrics(summ["z_mean"], z[val_idx]),
+               "z_mode": point_metrics(summ["z_mode"], z[val_idx])}
     for i, m in enumerate(members):
         with torch.no_grad():
             p = torch.softmax(m(X_val), 1).numpy()
-        member_meta[i]["val_sigma_nmad"] = point_summary(summarize(p, edges)["z_mean"], z[val_idx])["sigma_nmad"]
+        member_meta[i]["val_sigma_nmad"] = point_metrics(summarize(p, edges)["z_mean"], z[val_idx])["sigma_nmad"]
 
     tensors = {f"member{i}.{k}": v for i, m in enumerate(members) for k, v in m.state_dict().items()}
     tensors["ensemble.weights"] = weights
-    import dataclasses
     manifest = {
         "kind": "mbrnn-ensemble",
         "architecture": {"n_in": int(X.shape[1]), "hidden": list(ms.hidden), "n_bins": ms.n_bins,
