@@ -75,7 +75,10 @@ class MBRNNSettings:
 
 @dataclass
 class TrainSettings:
-    backend: str = "local"
+    backend: str = "local"              # local | torch-distributor
+    num_processes: int = 2              # torch-distributor: training processes
+    use_gpu: bool = False               # torch-distributor: NCCL on GPUs (cluster mode)
+    local_mode: bool = True             # torch-distributor: processes on the driver (True) or in barrier tasks
     lr: float = 8e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 5e-5

@@ -26,6 +26,7 @@ class TrainResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    world_size: int = 1
 
 
 def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
@@ -47,6 +48,15 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     without this loop knowing about it.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from .distributed import current
+    ctx = current()
+    device = torch.device(ctx.device if ctx is not None else "cpu")
+    model.to(device)
+    net = model
+    if ctx is not None:
+        # Same model code, data-parallel: DDP all-reduces gradients; each rank takes its share of a batch.
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        is_main = is_main and ctx.rank == 0
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
     if wrap_optimizer is not None:
         opt = wrap_optimizer(opt, model)
@@ -60,16 +70,20 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         model.train()
         tot, n = 0.0, 0
         for x, y in train_batches(epoch):
+            if ctx is not None:
+                x, y = x[ctx.rank::ctx.world_size].to(device), y[ctx.rank::ctx.world_size].to(device)
             if len(x) < 2:   # BatchNorm cannot train on a single row
                 continue
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(net(x), y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
             opt.step()
             tot += loss.detach().item() * len(x)
             n += len(x)
-        val = evaluate_loss(model, loss_fn, val_batches())
+        if ctx is not None:
+            _sync_for_validation(model)
+        val = evaluate_loss(model, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
         if epoch >= ts.plateau_start_epoch:   # the paper starts the plateau schedule at epoch 10
             sched.step(val)
         improved = val < best
@@ -88,4 +102,15 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                 log(f"[{label}] no improvement for {stale} epochs: stopping, best epoch {best_epoch}")
             break
     model.load_state_dict(best_state)
-    return TrainResult(best_state, best, best_epoch, epoch, history, time.time() - t0)
+    model.to("cpu")      # the result travels back to a driver that may have no GPU
+    best_state = {k: v.cpu() for k, v in best_state.items()}
+    return TrainResult(best_state, best, best_epoch, epoch, history, time.time() - t0,
+                       ctx.world_size if ctx is not None else 1)
+
+
+def _sync_for_validation(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics, so validation, checkpoints and early stopping agree
+    (the ranks saw different shards, and a rank that stopped alone would leave the others waiting)."""
+    import torch.distributed as dist
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)

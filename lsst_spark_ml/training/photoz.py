@@ -133,11 +133,14 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     for i, gamma in enumerate(ms.gammas):
         model, res = backends.run(ts.backend, train_member, gamma, _subset(phot, tr_idx), ebv_tr, y_tr, X_val,
                                   y_val, scaler, cfg, ts.seed + 1000 * i,
-                                  f"member {i + 1}/{len(ms.gammas)} gamma={gamma:g}")
+                                  f"member {i + 1}/{len(ms.gammas)} gamma={gamma:g}",
+                                  options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
+                                           "local_mode": ts.local_mode})
         model.eval()
         members.append(model)
         member_meta.append({"gamma": gamma, "best_val_loss": res.best_val_loss, "best_epoch": res.best_epoch,
-                            "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1)})
+                            "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1),
+                            "world_size": res.world_size})
 
     ens = MBRNNEnsemble(members)
     with torch.no_grad():
