@@ -78,7 +78,7 @@ def main():
     from lsst_spark_ml.io.synthetic import BANDS, _generate, load_parents
     from lsst_spark_ml.artefacts import verify
     from lsst_spark_ml.session import get_spark
-    from udfs.photoz import output_schema, photoz_arrow_mapper
+    from udfs.photoz import broadcast_model, output_schema, photoz_arrow_mapper
 
     model_dir = str(Path(args.model or default_model_dir()).resolve())
     _, sha = verify(model_dir)
@@ -92,13 +92,14 @@ def main():
                                     conf={"spark.sql.files.maxPartitionBytes": str(8 << 20)}))
     df = spark.read.parquet(str(tmp / "catalog.parquet")).repartition(args.cores * 4).cache()
     df.count()
+    model_bc = broadcast_model(spark, model_dir)
     cols = resolve_columns(spark_schema_dict(df), CatalogSettings())
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         inf = InferenceSettings(batch_size=bs, precision=args.precision)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(bs))
         rss_dir = tempfile.mkdtemp(prefix="rss-", dir=tmp)
-        out = df.mapInArrow(with_peak_rss(photoz_arrow_mapper(model_dir, sha, cols, inf), rss_dir),
+        out = df.mapInArrow(with_peak_rss(photoz_arrow_mapper(model_bc, cols, inf), rss_dir),
                             output_schema(df.schema))
         out.write.format("noop").mode("overwrite").save()     # warm-up: workers start, model loads
         spark_t, plain_r = [], []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes, save_file
 
 from . import __version__
 from .errors import ModelIntegrityError
@@ -115,6 +115,37 @@ def verify(model_dir: str | Path, expected_sha256: str | None = None) -> tuple[d
 
 
 def load_artefact(model_dir: str | Path, expected_sha256: str | None = None) -> Artefact:
+    return artefact_from_payload(read_payload(model_dir, expected_sha256))
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A verified model directory as bytes: what the driver broadcasts, so that executors never need
+    the driver's path (a cluster's workers do not have it) and load exactly the bytes that were checked."""
+    path: str
+    manifest_bytes: bytes
+    weights_bytes: bytes
+    sha256: str
+
+
+def read_payload(model_dir: str | Path, expected_sha256: str | None = None) -> Payload:
+    """Read each file once, check the bytes read against the manifest, return them."""
     manifest, sha = verify(model_dir, expected_sha256)
-    tensors = load_file(str(Path(model_dir) / manifest["weights"]))  # safetensors: no pickle involved
-    return Artefact(Path(model_dir), manifest, tensors, sha)
+    path = Path(model_dir)
+    weights = (path / manifest["weights"]).read_bytes()
+    if hashlib.sha256(weights).hexdigest() != manifest["files"][manifest["weights"]]:
+        raise ModelIntegrityError(f"{path}: {manifest['weights']} changed while it was being read")
+    raw = (path / MANIFEST).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sha:
+        raise ModelIntegrityError(f"{path}: {MANIFEST} changed while it was being read")
+    return Payload(str(path), raw, weights, sha)
+
+
+def artefact_from_payload(payload: Payload) -> Artefact:
+    """Check the bytes again (cheap) and load them: safetensors, no pickle involved."""
+    if hashlib.sha256(payload.manifest_bytes).hexdigest() != payload.sha256:
+        raise ModelIntegrityError(f"model payload from {payload.path} does not match its sha256 {payload.sha256}")
+    manifest = json.loads(payload.manifest_bytes)
+    if hashlib.sha256(payload.weights_bytes).hexdigest() != manifest["files"][manifest["weights"]]:
+        raise ModelIntegrityError(f"model payload from {payload.path}: weights do not match the manifest")
+    return Artefact(Path(payload.path), manifest, load_bytes(payload.weights_bytes), payload.sha256)

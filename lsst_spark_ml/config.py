@@ -160,6 +160,23 @@ class Config:
             raise ConfigError(f"output.hats_order must be in 0..19, got {self.output.hats_order}")
         if self.output.mode not in ("overwrite", "error"):
             raise ConfigError(f"output.mode must be overwrite|error, got {self.output.mode!r}")
+        t = self.train
+        if t.backend not in ("local", "torch-distributor"):
+            raise ConfigError(f"train.backend must be local|torch-distributor, got {t.backend!r}")
+        if t.batch_size < 2 or t.max_epochs < 1 or t.num_processes < 1:
+            raise ConfigError("train.batch_size must be >= 2 (BatchNorm), train.max_epochs and "
+                              "train.num_processes >= 1")
+        for name, v in (("train.threads", t.threads), ("inference.threads", self.inference.threads)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{name} must be a positive integer or null, got {v}")
+        if self.spark.log_level.upper() not in ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF", "TRACE"):
+            raise ConfigError(f"spark.log_level must be a log4j level (WARN, INFO, ...), got {self.spark.log_level!r}")
+        if not 1 <= f.min_detected_bands <= len(c.bands):
+            raise ConfigError(f"features.min_detected_bands must be in 1..{len(c.bands)}, got {f.min_detected_bands}")
+        if len(c.bands) > 8:
+            raise ConfigError(f"at most 8 bands fit the flag bit layout, got {len(c.bands)}")
+        if not m.hidden or any(h < 1 for h in m.hidden):
+            raise ConfigError(f"model.hidden must list positive layer widths, got {m.hidden}")
         if not 0 < self.train.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
         return self

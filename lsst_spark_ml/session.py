@@ -49,11 +49,12 @@ def get_spark(settings: SparkSettings | None = None, **overrides):
     for k, v in overrides.items():
         setattr(settings, k, v)
 
-    # Workers must run this interpreter (it has pandas/torch); the first python3 on PATH may not.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-
     submitted = _submitted_master()
+    if not submitted:
+        # Local workers must run this interpreter (it has pandas/torch); the first python3 on PATH may not.
+        # Under spark-submit the cluster's own setting (spark.pyspark.python, a packed env) decides.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     master = submitted or settings.master or "local[*]"
     if submitted and settings.master and settings.master != submitted:
         log.warning("spark-submit set master %s; ignoring configured master %s", submitted, settings.master)
@@ -75,6 +76,11 @@ def get_spark(settings: SparkSettings | None = None, **overrides):
         # Only a JVM this process launches can take a log4j file; spark-submit's JVM already has its own.
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOG4J_QUIET}"
     conf.update({k: str(v) for k, v in settings.conf.items()})
+    if submitted:
+        # spark-submit's --conf values win over our defaults and YAML: the person submitting decides.
+        from pyspark import SparkConf
+        given = SparkConf()
+        conf = {k: v for k, v in conf.items() if not given.contains(k)}
     for k, v in conf.items():
         builder = builder.config(k, v)
 

@@ -340,3 +340,18 @@ def test_missing_truth_column(tmp_path):
     with pytest.raises(CatalogError, match="redshift"):
         check_catalog(str(p), CatalogSettings(truth_col="redshift"), need_truth=True)
     assert check_catalog(Path(p), CatalogSettings(truth_col="redshift")).columns.truth_col is None
+
+
+def test_a_later_file_with_a_text_band_column_is_refused_before_spark(tmp_path):
+    import pandas as pd
+
+    from lsst_spark_ml.config import CatalogSettings
+    from lsst_spark_ml.errors import CatalogError
+    from lsst_spark_ml.io.readers import check_catalog
+    cols = {f"mag_{b}_lsst": [22.0] for b in "ugrizy"} | {f"mag_err_{b}_lsst": [0.1] for b in "ugrizy"}
+    d = tmp_path / "cat"
+    d.mkdir()
+    pd.DataFrame(cols).to_parquet(d / "a.parquet")
+    pd.DataFrame(cols | {"mag_g_lsst": ["n/a"]}).to_parquet(d / "b.parquet")
+    with pytest.raises(CatalogError, match=r"mag_g_lsst.*b\.parquet"):
+        check_catalog(d, CatalogSettings())

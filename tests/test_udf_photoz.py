@@ -11,7 +11,8 @@ from lsst_spark_ml.features import flags as F
 from lsst_spark_ml.inference import cache
 from lsst_spark_ml.inference.photoz import PhotozPredictor
 from lsst_spark_ml.io.columns import resolve_columns, spark_schema_dict
-from udfs.photoz import check_no_collision, output_schema, photoz_arrow_mapper, photoz_pandas_udf
+from udfs.photoz import (broadcast_model, check_no_collision, output_schema, photoz_arrow_mapper,
+                         photoz_pandas_udf)
 
 
 def damaged_frame(n=3000):
@@ -40,8 +41,9 @@ def damaged(spark):
 
 
 def run_mapper(df, cols, model, inf=InferenceSettings()):
-    path, sha = model
-    return df.mapInArrow(photoz_arrow_mapper(str(path), sha, cols, inf), output_schema(df.schema))
+    path, _ = model
+    bc = broadcast_model(df.sparkSession, str(path))
+    return df.mapInArrow(photoz_arrow_mapper(bc, cols, inf), output_schema(df.schema))
 
 
 def test_every_row_comes_out_once_with_flags(damaged, tiny_model):
@@ -104,8 +106,8 @@ def test_model_loaded_once_per_worker_not_per_batch(spark, tiny_model, tmp_path)
 
 def test_pandas_udf_struct_matches_mapper(damaged, tiny_model):
     pdf, df, cols = damaged
-    path, sha = tiny_model
-    udf = photoz_pandas_udf(str(path), sha, cols, InferenceSettings())
+    path, _ = tiny_model
+    udf = photoz_pandas_udf(broadcast_model(df.sparkSession, str(path)), cols, InferenceSettings())
     a = (df.withColumn("pz", udf(*[Fn.col(c) for c in cols.inputs])).select("id", "pz.z_median", "pz.flags")
          .toPandas().set_index("id").sort_index())
     b = run_mapper(df, cols, tiny_model).select("id", "z_median", "flags").toPandas().set_index("id").sort_index()

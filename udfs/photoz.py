@@ -17,19 +17,33 @@ from lsst_spark_ml.inference.schema import OUTPUT_COLUMNS, arrow_columns, spark_
 from lsst_spark_ml.io.columns import ResolvedColumns
 
 
-def _predictor(model_dir: str, sha256: str, inf: InferenceSettings):
+def broadcast_model(spark, model_dir: str):
+    """Verify the model on the driver and broadcast its bytes (22 MB for the shipped ensemble).
+
+    Executors then never open the driver's path, which a cluster's workers do not have.
+    """
+    from lsst_spark_ml.artefacts import read_payload
+    return spark.sparkContext.broadcast(read_payload(model_dir))
+
+
+def _predictor(model, inf: InferenceSettings):
+    """``model``: a Broadcast of an artefacts.Payload. Loaded once per Python worker, keyed by sha256."""
+    from lsst_spark_ml.inference.photoz import pick_device
+    payload = model.value
+    # The device actually used is the key: a worker may serve tasks that Spark gave different GPUs.
+    device = str(pick_device(inf.device))
+
     def load():
         import torch
 
+        from lsst_spark_ml.artefacts import artefact_from_payload
         from lsst_spark_ml.inference.photoz import PhotozPredictor
         from lsst_spark_ml.session import task_cores
         # Spark sets OMP_NUM_THREADS=1 per task; match torch to the cores the task was given.
         torch.set_num_threads(inf.threads or task_cores())
-        pred = PhotozPredictor.load(model_dir, device=inf.device, precision=inf.precision)
-        if pred.sha256 != sha256:
-            raise RuntimeError(f"model at {model_dir} changed during the job (sha256 {pred.sha256} != {sha256})")
-        return pred
-    return cache.get_or_load((sha256, inf.device, inf.precision), load)
+        return PhotozPredictor.from_artefact(artefact_from_payload(payload), device=device,
+                                             precision=inf.precision)
+    return cache.get_or_load((payload.sha256, device, inf.precision), load)
 
 
 def _photometry(get, cols: ResolvedColumns):
@@ -49,13 +63,14 @@ def _column_getter_arrow(batch: pa.RecordBatch):
     return get
 
 
-def photoz_arrow_mapper(model_dir: str, sha256: str, cols: ResolvedColumns, inf: InferenceSettings,
-                        with_pdf: bool = True):
-    """A function for ``DataFrame.mapInArrow``: every input row comes out once, with the outputs appended."""
-    model_dir = str(model_dir)
+def photoz_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, with_pdf: bool = True):
+    """A function for ``DataFrame.mapInArrow``: every input row comes out once, with the outputs appended.
 
+    ``model`` is the Broadcast returned by ``broadcast_model``.
+    """
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pred = _predictor(model_dir, sha256, inf)
+        pred = _predictor(model, inf)
+        sha256 = pred.sha256
         for batch in batches:
             values, errors, ebv = _photometry(_column_getter_arrow(batch), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
@@ -80,18 +95,19 @@ def check_no_collision(input_schema) -> None:
                            "rename or drop them first")
 
 
-def photoz_pandas_udf(model_dir: str, sha256: str, cols: ResolvedColumns, inf: InferenceSettings):
+def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
     """An iterator pandas UDF returning the photo-z struct; call it on ``cols.inputs`` columns.
 
     ``df.withColumn("photoz", udf(*[F.col(c) for c in cols.inputs]))`` or from SQL once registered.
+    ``model`` is the Broadcast returned by ``broadcast_model``.
     """
     from pyspark.sql.functions import pandas_udf
-    model_dir = str(model_dir)
     names = cols.inputs
 
     @pandas_udf(spark_struct())
     def photoz(it: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
-        pred = _predictor(model_dir, sha256, inf)
+        pred = _predictor(model, inf)
+        sha256 = pred.sha256
         for series in it:
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)

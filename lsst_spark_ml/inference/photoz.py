@@ -22,11 +22,25 @@ OUTPUT_POINT_COLUMNS = ("z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi
 
 
 def pick_device(device: str) -> torch.device:
+    if device.startswith("cuda:") or device == "cpu":
+        return torch.device(device)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("inference.device is 'cuda' but this worker has no CUDA device")
-        return torch.device("cuda")
+        return torch.device(f"cuda:{_task_gpu()}")
     return torch.device("cpu")
+
+
+def _task_gpu() -> int:
+    """The GPU Spark assigned to the running task (spark.task.resource.gpu.amount), else 0."""
+    try:
+        from pyspark import TaskContext
+        ctx = TaskContext.get()
+        if ctx is not None and "gpu" in ctx.resources():
+            return int(ctx.resources()["gpu"].addresses[0])
+    except Exception:  # noqa: BLE001 - outside a task, or a Spark without resources(): the default GPU
+        pass
+    return 0
 
 
 def ensemble_from_tensors(tensors: dict[str, torch.Tensor], arch: dict) -> MBRNNEnsemble:

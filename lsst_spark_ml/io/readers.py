@@ -250,7 +250,24 @@ def check_catalog(path: str | os.PathLike | None, cat: CatalogSettings, need_tru
         where = f" (group {cat.hdf5_group!r})" if fmt == "hdf5" else ""
         raise CatalogError(f"catalog {path}{where} is empty: 0 rows")
     columns = resolve_columns({f.name: f.type for f in schema}, cat, need_truth=need_truth, source=path)
+    if table is None and len(ds.files) > 1:
+        _check_every_file(ds, columns)
     return CatalogCheck(path, fmt, columns, num_rows, schema, data_path, table)
+
+
+def _check_every_file(ds: pds.Dataset, columns: ResolvedColumns) -> None:
+    """The dataset schema is the first file's: a later file with a text flux column would fail mid-job,
+    after an overwrite has already removed the previous output. Footers are cached from count_rows."""
+    needed = columns.values + columns.errors + [c for c in (columns.ra_col, columns.dec_col, columns.truth_col,
+                                                            columns.ebv_col) if c]
+    for frag in ds.get_fragments():
+        schema = frag.physical_schema
+        for c in needed:
+            if c not in schema.names:
+                raise CatalogError(f"file {frag.path} lacks column {c!r} that the other files have")
+            t = schema.field(c).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+                raise CatalogError(f"column {c!r} must be numeric, but it is {t} in file {frag.path}")
 
 
 def read_catalog_counted(spark: SparkSession, path: str | os.PathLike | None, cat: CatalogSettings,

@@ -62,7 +62,8 @@ def point_metrics(df: DataFrame, z_col: str = "z_mean", truth_col: str = "redshi
     """RAIL point-estimate metrics plus sigma_NMAD, catastrophic fraction, mean bias and std of ez."""
     _require(df, z_col, truth_col)
     z, t = F.col(z_col).cast("double"), F.col(truth_col).cast("double")
-    d = df.select(F.when(_finite(z) & _finite(t), (z - t) / (1.0 + t)).alias("ez"))
+    # t > -1 keeps 1 + t away from zero (ANSI mode would fail the job on a division by zero).
+    d = df.select(F.when(_finite(z) & _finite(t) & (t > -1.0), (z - t) / (1.0 + t)).alias("ez"))
     ez, aez = F.col("ez"), F.abs("ez")
     r = d.agg(F.count(F.lit(1)).alias("total"), F.count(ez).alias("n"), F.avg(ez).alias("mean"),
               F.stddev_pop(ez).alias("std"),

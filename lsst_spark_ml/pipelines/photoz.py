@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artefacts import verify
 from ..config import Config
 from ..errors import CatalogError
 from ..io.readers import filesystem, read_catalog, read_catalog_counted, read_table
@@ -26,6 +25,8 @@ def train(spark, cfg: Config, catalog_path: str, out_dir: str) -> dict:
     from ..training.photoz import TrainingSet, train_photoz
     if cfg.catalog.truth_col is None:
         raise CatalogError("training needs catalog.truth_col (the spectroscopic redshift column)")
+    if cfg.features.use_ebv and not cfg.catalog.ebv_col:
+        raise CatalogError("features.use_ebv is set but catalog.ebv_col names no E(B-V) column")
     df, cols = read_catalog(spark, catalog_path, cfg.catalog, need_truth=True)
     wanted = cols.values + cols.errors + [cols.truth_col] + ([cols.ebv_col] if cols.ebv_col else [])
     # Spectroscopic training sets are small (10^4-10^6 rows): one process holds them in memory.
@@ -47,12 +48,19 @@ def model_catalog_settings(cfg: Config, manifest: dict):
 
 def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str) -> dict:
     from udfs.photoz import check_no_collision, output_schema, photoz_arrow_mapper
+    from ..artefacts import artefact_from_payload, read_payload
+    from ..inference.photoz import PhotozPredictor
     t0 = time.time()
-    manifest, sha = verify(model_dir)           # refuse a tampered model before any Spark job
+    payload = read_payload(model_dir)           # refuse a tampered model before any Spark job
+    # Building the predictor here catches a model the workers could not use, before any task runs.
+    pred = PhotozPredictor.from_artefact(artefact_from_payload(payload))
+    manifest, sha = pred.manifest, pred.sha256
     cat = model_catalog_settings(cfg, manifest)
     df, cols, n_in = read_catalog_counted(spark, catalog_path, cat)
     check_no_collision(df.schema)
-    mapper = photoz_arrow_mapper(str(Path(model_dir).resolve()), sha, cols, cfg.inference, cfg.output.write_pdf)
+    if pred.features.use_ebv and not cols.ebv_col:
+        raise CatalogError("the model uses E(B-V) (features.use_ebv) but catalog.ebv_col is not set")
+    mapper = photoz_arrow_mapper(spark.sparkContext.broadcast(payload), cols, cfg.inference, cfg.output.write_pdf)
     out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf))
     _log(f"photo-z for {catalog_path} with model {sha[:16]}... -> {out_path}")
     if cols.has_coordinates:
@@ -77,22 +85,29 @@ def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict |
              z_col: str = "z_median") -> dict:
     from ..metrics.photoz import pdf_metrics, plot_inputs, point_metrics
     from ..plots.photoz import write_evaluation_plots
-    meta_path = Path(predictions) / META_FILE
     if bins is None:
-        if not meta_path.is_file():
-            raise CatalogError(f"{predictions} has no {META_FILE}; pass the model's bins (--model DIR)")
-        bins = json.loads(meta_path.read_text())["bins"]
+        fs, p = filesystem(predictions)
+        try:
+            with fs.open_input_stream(f"{p.rstrip('/')}/{META_FILE}") as f:
+                bins = json.loads(f.read())["bins"]
+        except (FileNotFoundError, OSError):
+            raise CatalogError(f"{predictions} has no {META_FILE}; pass the model's bins (--model DIR)") from None
     df = read_table(spark, predictions)
     for c in (truth_col, z_col, "pdf"):
         if c not in df.columns:
             raise CatalogError(f"predictions at {predictions} have no column {c!r}")
+    for c in (truth_col, z_col):
+        kind = df.schema[c].dataType.simpleString()
+        if not kind.startswith(("double", "float", "int", "bigint", "smallint", "decimal")):
+            raise CatalogError(f"column {c!r} of {predictions} must be numeric, but its type is {kind}")
     edges = np.linspace(bins["z_min"], bins["z_max"], bins["n_bins"] + 1)
     df = df.select(truth_col, "z_mean", "z_mode", "z_median", "pdf", "flags").cache()
     try:
         result = {"predictions": str(predictions), "truth_col": truth_col}
         for est in ("z_mean", "z_mode", "z_median"):
             result[est] = point_metrics(df, est, truth_col)
-        result["pdf"] = pdf_metrics(df, "pdf", truth_col, edges)
+        # The Brier grid spans the model's own range (RAIL's 0-3 would drop the mass above z = 3).
+        result["pdf"] = pdf_metrics(df, "pdf", truth_col, edges, brier_grid=(bins["z_min"], bins["z_max"], 0.01))
         inputs = plot_inputs(df, z_col, truth_col, "pdf", edges)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         result["plots"] = [str(p) for p in write_evaluation_plots(inputs, edges, out_dir, result["pdf"],
