@@ -19,4 +19,5 @@ bench:
 
 train-default:
 	@scripts/bootstrap.sh
-	.venv/bin/lsst-spark-ml photoz train --conf conf/photoz_train_dc2.yaml $(ARGS)
+	.venv/bin/lsst-spark-ml photoz train --conf conf/photoz_train_dc2.yaml \
+		--out lsst_spark_ml/resources/models/mbrnn_dc2 $(ARGS)

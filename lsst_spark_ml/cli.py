@@ -51,9 +51,8 @@ def cmd_photoz_train(args) -> int:
     catalog = args.catalog or cfg.catalog.path or str(dc2_paths()["train"])
     if cfg.catalog.truth_col is None:
         cfg.catalog.truth_col = "redshift"
-    out = args.out or str(default_model_dir())
     spark = _spark(cfg)
-    res = photoz.train(spark, cfg, catalog, out)
+    res = photoz.train(spark, cfg, catalog, args.out)
     print(json.dumps({"model_dir": res["model_dir"], "model_sha256": res["model_sha256"],
                       "metrics": res["metrics"]}, indent=2))
     return 0
@@ -104,11 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = pzs.add_parser("train", help="train the MBRNN ensemble on a catalog with spectroscopic redshifts",
                        description="Train one MBRNN per anchor-loss gamma, fit the per-bin ensemble weights and "
-                                   "write a model directory (safetensors + manifest with sha256). Defaults: the "
-                                   "cosmoDC2 training file and the package's shipped-model directory.")
+                                   "write a model directory (safetensors + manifest with sha256). Default catalog: "
+                                   "the cosmoDC2 training file.")
     t.add_argument("--catalog", help="training catalog (Parquet, HATS, FITS or DESC HDF5); "
                                      "default: catalog.path, else the cosmoDC2 training file")
-    t.add_argument("--out", help="model directory to write (default: the shipped model's directory)")
+    t.add_argument("--out", required=True, help="model directory to write (make train-default writes the "
+                                                "shipped model's directory)")
     _common(t)
     t.set_defaults(func=cmd_photoz_train)
 
