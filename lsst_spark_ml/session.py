@@ -43,6 +43,7 @@ def get_spark(settings: SparkSettings | None = None, **overrides):
 
     The master comes, in order, from spark-submit, then ``settings.master``, then ``local[*]``.
     """
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     settings = settings or SparkSettings()
@@ -76,8 +77,9 @@ def get_spark(settings: SparkSettings | None = None, **overrides):
         # Only a JVM this process launches can take a log4j file; spark-submit's JVM already has its own.
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{LOG4J_QUIET}"
     conf.update({k: str(v) for k, v in settings.conf.items()})
-    if submitted:
+    if submitted and SparkContext._active_spark_context is None:
         # spark-submit's --conf values win over our defaults and YAML: the person submitting decides.
+        # (A running session, e.g. a notebook's, takes the settings asked for here as runtime conf.)
         from pyspark import SparkConf
         given = SparkConf()
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
