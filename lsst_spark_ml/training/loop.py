@@ -69,11 +69,14 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     for epoch in range(1, ts.max_epochs + 1):
         model.train()
         tot, n = 0.0, 0
+        world = ctx.world_size if ctx is not None else 1
         for x, y in train_batches(epoch):
-            if ctx is not None:
-                x, y = x[ctx.rank::ctx.world_size].to(device), y[ctx.rank::ctx.world_size].to(device)
-            if len(x) < 2:   # BatchNorm cannot train on a single row
+            # BatchNorm cannot train on one row; the test is on the whole batch so that every rank skips
+            # the same batches (a rank stepping alone would wait forever for the others' gradients).
+            if len(x) < 2 * world:
                 continue
+            if ctx is not None:
+                x, y = x[ctx.rank::world].to(device), y[ctx.rank::world].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(x), y)
             loss.backward()
