@@ -234,8 +234,8 @@ class ParquetLoader:
         if missing:
             raise KeyError(f"{self.path}: no column(s) {missing}; has {self.schema.names}")
         if len(self._units) < world_size:
-            raise ValueError(f"{self.path} has {len(self._units)} row groups for {world_size} ranks: some rank "
-                             f"would get no data; write smaller row groups")
+            raise ValueError(f"{self.path} has {len(self._units)} row groups for {world_size} ranks: "
+                             f"some rank would get no data; write smaller row groups")
         self.batch_size = int(batch_size)
         self.shuffle, self.shuffle_buffer, self.seed = bool(shuffle), int(shuffle_buffer), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -286,8 +286,8 @@ class ParquetLoader:
         with fs.open_input_file(unit.file) as fh:
             table = pq.ParquetFile(fh).read_row_group(unit.row_group, columns=self.columns)
         if table.num_rows != unit.num_rows:
-            raise RuntimeError(f"{self.path}: row group {unit.row_group} of {unit.file} gave {table.num_rows} "
-                               f"rows, its footer says {unit.num_rows}")
+            raise RuntimeError(f"{self.path}: row group {unit.row_group} of {unit.file} gave "
+                               f"{table.num_rows} rows, its footer says {unit.num_rows}")
         return {c: _column_to_numpy(c, table.column(c)) for c in self.columns}
 
     def _to_tensor(self, name: str, a: np.ndarray) -> torch.Tensor:
