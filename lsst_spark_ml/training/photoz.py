@@ -152,8 +152,7 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     edges = np.linspace(ms.z_min, ms.z_max, ms.n_bins + 1)
     summ = summarize(pdf, edges)
     metrics = {"split": "held-out validation split of the training catalog",
-               "z_mean": point_metrics(summ["z_mean"], z[val_idx]),
-               "z_mode": point_metrics(summ["z_mode"], z[val_idx])}
+               **{k: point_metrics(summ[k], z[val_idx]) for k in ("z_mean", "z_mode", "z_median")}}
     for i, m in enumerate(members):
         with torch.no_grad():
             p = torch.softmax(m(X_val), 1).numpy()
@@ -179,6 +178,6 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     }
     sha = save_artefact(out_dir, tensors, manifest)
     log(f"[train] wrote {out_dir} (model sha256 {sha[:16]}...) in {time.time() - t0:.0f} s; "
-        f"validation sigma_NMAD {metrics['z_mean']['sigma_nmad']:.4f}, "
-        f"outliers {metrics['z_mean']['catastrophic_fraction']:.4f}")
+        f"validation z_median sigma_NMAD {metrics['z_median']['sigma_nmad']:.4f}, "
+        f"outliers {metrics['z_median']['catastrophic_fraction']:.4f}")
     return {"model_dir": str(out_dir), "model_sha256": sha, **manifest}
