@@ -21,7 +21,7 @@ class MinMaxScaler:
             raise ValueError("scaler needs a non-empty 2-D feature array")
         # Percentiles, not the raw extremes: one 33-mag u-band outlier would otherwise squeeze the bulk
         # of a colour into a sliver of [-1, 1]. Values beyond map a little outside and are flagged if far.
-        lo, hi = np.nanpercentile(X, ROBUST_PERCENTILES[0], axis=0), np.nanpercentile(X, ROBUST_PERCENTILES[1], axis=0)
+        lo, hi = (np.nanpercentile(X, q, axis=0) for q in ROBUST_PERCENTILES)
         hi = np.where(hi > lo, hi, lo + 1.0)   # a constant feature maps to -1 rather than dividing by 0
         return cls(lo, hi)
 
@@ -34,7 +34,8 @@ class MinMaxScaler:
         return Z.astype(np.float32), out
 
     def to_dict(self) -> dict:
-        return {"kind": "minmax[-1,1] on percentiles 0.5-99.5, clipped at +-2", "min": self.lo.tolist(), "max": self.hi.tolist()}
+        return {"kind": "minmax[-1,1] on percentiles 0.5-99.5, clipped at +-2",
+                "min": self.lo.tolist(), "max": self.hi.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MinMaxScaler":

@@ -195,7 +195,8 @@ def _read_hdf5(path: str, group: str) -> pa.Table:
     if len(set(lengths.values())) > 1:
         n = max(set(lengths.values()), key=list(lengths.values()).count)
         odd = {k: v for k, v in lengths.items() if v != n}
-        raise CatalogError(f"HDF5 group {group!r} in {path}: column(s) {odd} differ in length from the others ({n} rows)")
+        raise CatalogError(f"HDF5 group {group!r} in {path}: column(s) {odd} differ in length from the others "
+                           f"({n} rows)")
     return pa.table({k: numpy_to_arrow(v) for k, v in cols.items()}) if cols else pa.table({})
 
 
