@@ -81,7 +81,7 @@ def main():
     from udfs.photoz import broadcast_model, output_schema, photoz_arrow_mapper
 
     model_dir = str(Path(args.model or default_model_dir()).resolve())
-    _, sha = verify(model_dir)
+    manifest, sha = verify(model_dir)
     pdf = _generate(np.arange(args.rows), load_parents(), seed=7)
     values = pdf[[f"{b}_cModelFlux" for b in BANDS]].to_numpy(np.float64)
     errors = pdf[[f"{b}_cModelFluxErr" for b in BANDS]].to_numpy(np.float64)
@@ -117,7 +117,7 @@ def main():
     spark.stop()
 
     print(f"\nphoto-z inference, {args.rows:,} rows, {args.cores} cores, model {sha[:12]} "
-          f"({verify(model_dir)[0]['architecture']['n_members']} members, {args.precision}), median of {args.repeats}")
+          f"({manifest['architecture']['n_members']} members, {args.precision}), median of {args.repeats}")
     print("| Arrow/torch batch | Spark rows/s | plain torch rows/s | Spark / plain | peak RSS per Spark worker | "
           "peak RSS per plain process |")
     print("|---:|---:|---:|---:|---:|---:|")

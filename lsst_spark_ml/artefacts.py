@@ -71,8 +71,7 @@ def save_artefact(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifes
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_manifest(model_dir: str | Path) -> tuple[dict, str]:
-    path = Path(model_dir)
+def _read_manifest(path: Path) -> tuple[dict, bytes]:
     mpath = path / MANIFEST
     if not path.is_dir():
         raise ModelIntegrityError(f"model directory {path} does not exist")
@@ -85,33 +84,18 @@ def read_manifest(model_dir: str | Path) -> tuple[dict, str]:
         raise ModelIntegrityError(f"{mpath} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or "files" not in manifest or "weights" not in manifest:
         raise ModelIntegrityError(f"{mpath} lacks the 'files' or 'weights' entry")
+    return manifest, raw
+
+
+def read_manifest(model_dir: str | Path) -> tuple[dict, str]:
+    manifest, raw = _read_manifest(Path(model_dir))
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
 def verify(model_dir: str | Path, expected_sha256: str | None = None) -> tuple[dict, str]:
     """Check every file against the manifest; optionally pin the manifest itself to ``expected_sha256``."""
-    path = Path(model_dir)
-    manifest, sha = read_manifest(path)
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ModelIntegrityError(f"{path / MANIFEST} has sha256 {sha}, expected {expected_sha256}")
-    files = manifest["files"]
-    if manifest["weights"] not in files:
-        raise ModelIntegrityError(f"{path}: weights file {manifest['weights']!r} is not listed with a sha256")
-    for name, want in files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ModelIntegrityError(f"{path}: manifest lists a path outside the model directory: {name!r}")
-        fp = path / name
-        if not fp.is_file():
-            raise ModelIntegrityError(f"{path}: file {name} listed in the manifest is missing")
-        got = sha256_file(fp)
-        if got != want:
-            raise ModelIntegrityError(
-                f"{path}: {name} has sha256 {got} but the manifest says {want}; the model was modified "
-                "or corrupted and will not be loaded")
-    for fp in path.glob("*.safetensors"):
-        if fp.name not in files:
-            raise ModelIntegrityError(f"{path}: weights file {fp.name} is not in the manifest")
-    return manifest, sha
+    payload = read_payload(model_dir, expected_sha256)
+    return json.loads(payload.manifest_bytes), payload.sha256
 
 
 def load_artefact(model_dir: str | Path, expected_sha256: str | None = None) -> Artefact:
@@ -129,15 +113,35 @@ class Payload:
 
 
 def read_payload(model_dir: str | Path, expected_sha256: str | None = None) -> Payload:
-    """Read each file once, check the bytes read against the manifest, return them."""
-    manifest, sha = verify(model_dir, expected_sha256)
+    """Read each file once and check the bytes read against the manifest, so the bytes returned are
+    exactly the bytes verified; optionally pin the manifest itself to ``expected_sha256``."""
     path = Path(model_dir)
-    weights = (path / manifest["weights"]).read_bytes()
-    if hashlib.sha256(weights).hexdigest() != manifest["files"][manifest["weights"]]:
-        raise ModelIntegrityError(f"{path}: {manifest['weights']} changed while it was being read")
-    raw = (path / MANIFEST).read_bytes()
-    if hashlib.sha256(raw).hexdigest() != sha:
-        raise ModelIntegrityError(f"{path}: {MANIFEST} changed while it was being read")
+    manifest, raw = _read_manifest(path)
+    sha = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ModelIntegrityError(f"{path / MANIFEST} has sha256 {sha}, expected {expected_sha256}")
+    files = manifest["files"]
+    if manifest["weights"] not in files:
+        raise ModelIntegrityError(f"{path}: weights file {manifest['weights']!r} is not listed with a sha256")
+    weights = b""
+    for name, want in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelIntegrityError(f"{path}: manifest lists a path outside the model directory: {name!r}")
+        fp = path / name
+        if not fp.is_file():
+            raise ModelIntegrityError(f"{path}: file {name} listed in the manifest is missing")
+        if name == manifest["weights"]:
+            weights = fp.read_bytes()
+            got = hashlib.sha256(weights).hexdigest()
+        else:
+            got = sha256_file(fp)
+        if got != want:
+            raise ModelIntegrityError(
+                f"{path}: {name} has sha256 {got} but the manifest says {want}; the model was modified "
+                "or corrupted and will not be loaded")
+    for fp in path.glob("*.safetensors"):
+        if fp.name not in files:
+            raise ModelIntegrityError(f"{path}: weights file {fp.name} is not in the manifest")
     return Payload(str(path), raw, weights, sha)
 
 

@@ -66,9 +66,7 @@ def cmd_photoz_predict(args) -> int:
     if not catalog or not out:
         raise LsstSparkMLError("photoz predict needs --catalog and --out (or catalog.path / output.path in conf)")
     model = args.model or str(default_model_dir())
-    from .artefacts import verify
-    verify(model)
-    spark = _spark(cfg)
+    spark = _spark(cfg)       # photoz.predict verifies the model before any Spark job
     meta = photoz.predict(spark, cfg, catalog, model, out)
     print(json.dumps(meta, indent=2))
     return 0

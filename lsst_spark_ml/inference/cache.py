@@ -11,7 +11,6 @@ from typing import Callable
 
 _CACHE: dict[tuple, object] = {}
 _LOCK = threading.Lock()
-LOADS: dict[str, int] = {}     # sha256 -> times loaded in this process (tests read it through Spark)
 LOAD_LOG_ENV = "LSST_SPARK_ML_LOAD_LOG"
 
 
@@ -22,7 +21,6 @@ def get_or_load(key: tuple, loader: Callable[[], object]):
         if obj is None:
             obj = loader()
             _CACHE[key] = obj
-            LOADS[key[0]] = LOADS.get(key[0], 0) + 1
             # Appends one line per load to a file, so a test can count loads across worker processes.
             log_path = os.environ.get(LOAD_LOG_ENV)
             if log_path:

@@ -16,9 +16,7 @@ from ..features import flags as F
 from ..features.photometry import build_features
 from ..features.scaling import MinMaxScaler
 from ..models import MBRNN, MBRNNEnsemble
-from .summaries import summarize
-
-OUTPUT_POINT_COLUMNS = ("z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi68")
+from .summaries import POINT_COLUMNS, summarize
 
 
 def pick_device(device: str) -> torch.device:
@@ -106,7 +104,7 @@ class PhotozPredictor:
         pdf = np.full((len(X), self.n_bins), np.nan, dtype=np.float32)
         if ok.any():
             pdf[ok] = self.probabilities(Xs[ok], batch_size)
-        result = {k: np.full(len(X), np.nan) for k in OUTPUT_POINT_COLUMNS}
+        result = {k: np.full(len(X), np.nan) for k in POINT_COLUMNS}
         if ok.any():
             for k, v in summarize(pdf[ok], self.edges).items():
                 result[k][ok] = v

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 from pyspark.sql import types as T
 
-POINT_COLUMNS = ("z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi68")
+from .summaries import POINT_COLUMNS
+
 OUTPUT_COLUMNS = POINT_COLUMNS + ("pdf", "flags", "model_sha256")
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+POINT_COLUMNS = ("z_mean", "z_mode", "z_median", "z_std", "z_lo68", "z_hi68")
+
 
 def quantiles(pdf: np.ndarray, edges: np.ndarray, qs) -> np.ndarray:
     """Quantiles of each row's distribution, linear inside the bin where the CDF crosses q. -> (len(qs), N)."""

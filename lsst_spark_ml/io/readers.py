@@ -225,14 +225,7 @@ def check_catalog(path: str | os.PathLike | None, cat: CatalogSettings, need_tru
         fs, p = filesystem(path)
         data_path = path if "://" in path else p
         if fmt == "hats":
-            root = _hats_root(fs, p) if _kind(fs, p) == pafs.FileType.Directory else None
-            if root is None and _kind(fs, _join(p, "dataset")) == pafs.FileType.Directory:
-                root = _join(p, "dataset")             # properties missing, layout unmistakable
-            if root is None:
-                raise CatalogError(f"{path} is not a HATS catalog: no hats.properties with a dataset/ directory")
-            # root lies under p; Spark gets it spelt like the user's path (URI scheme kept).
-            data_path = data_path.rstrip("/") + root[len(p.rstrip("/")):]
-            p = root
+            p, data_path = _hats_dataset(fs, p, path)
         ds = _parquet_dataset(fs, p, path)
         if not ds.files:
             raise CatalogError(f"catalog {path} holds no Parquet files")
@@ -303,6 +296,17 @@ def read_catalog(spark: SparkSession, path: str | os.PathLike | None, cat: Catal
     return df, cols
 
 
+def _hats_dataset(fs: pafs.FileSystem, p: str, path: str) -> tuple[str, str]:
+    """(dataset directory in ``fs``, the same directory spelt like the user's ``path`` for Spark)."""
+    root = _hats_root(fs, p) if _kind(fs, p) == pafs.FileType.Directory else None
+    if root is None and _kind(fs, _join(p, "dataset")) == pafs.FileType.Directory:
+        root = _join(p, "dataset")             # properties missing, layout unmistakable
+    if root is None:
+        raise CatalogError(f"{path} is not a HATS catalog: no hats.properties with a dataset/ directory")
+    # root lies under p; Spark gets it spelt like the user's path (URI scheme kept).
+    return root, (path.rstrip("/") + root[len(p.rstrip("/")):] if "://" in path else root)
+
+
 def read_table(spark: SparkSession, path: str | os.PathLike) -> DataFrame:
     """A Parquet or HATS table without photometry checks (e.g. predictions written by this package)."""
     path = str(path)
@@ -311,10 +315,7 @@ def read_table(spark: SparkSession, path: str | os.PathLike) -> DataFrame:
         raise CatalogError(f"{path} is {fmt}; expected a Parquet or HATS table")
     fs, p = filesystem(path)
     if fmt == "hats":
-        root = _hats_root(fs, p)
-        if root is None:
-            raise CatalogError(f"{path} is not a HATS catalog: no hats.properties with a dataset/ directory")
-        data_path = path.rstrip("/") + root[len(p.rstrip("/")):] if "://" in path else root
+        _, data_path = _hats_dataset(fs, p, path)
         return spark.read.option("basePath", data_path).parquet(data_path)
     if not _parquet_dataset(fs, p, path).files:
         raise CatalogError(f"{path} holds no Parquet files")

@@ -22,7 +22,8 @@ from ..features.photometry import Photometry, colour_features, feature_names, to
 from ..features.scaling import MinMaxScaler
 from ..inference.summaries import summarize
 from ..metrics.reference import point_metrics
-from ..models import MBRNN, MBRNNEnsemble, anchor_loss, anchor_loss_from_log_probs, redshift_to_bin
+from ..models import (MBRNN, MBRNNEnsemble, anchor_loss, anchor_loss_from_log_probs, ensemble_probabilities,
+                      redshift_to_bin)
 from . import backends
 from .loop import fit
 
@@ -90,7 +91,6 @@ def fit_ensemble_weights(member_probs: torch.Tensor, y: torch.Tensor, epochs: in
     """Per-member, per-bin weights fitted with the gamma = 0 anchor loss (the paper's ensemble)."""
     w = torch.nn.Parameter(torch.full(member_probs.shape[::2], 1.0 / member_probs.shape[0]))
     opt = torch.optim.Adam([w], lr=1e-2)
-    from ..models import ensemble_probabilities
     for step in range(epochs):
         opt.zero_grad()
         p = ensemble_probabilities(member_probs, w)
