@@ -47,6 +47,10 @@ def _spark(cfg: Config):
 def cmd_photoz_train(args) -> int:
     from .io.datasets import dc2_paths
     from .pipelines import photoz
+    for flag, key in (("backend", "train.backend"), ("num_processes", "train.num_processes"),
+                      ("data_loader", "train.data_loader")):
+        if getattr(args, flag) is not None:
+            args.overrides.append(f"{key}={getattr(args, flag)}")
     cfg = _config(args)
     catalog = args.catalog or cfg.catalog.path or str(dc2_paths()["train"])
     if cfg.catalog.truth_col is None:
@@ -107,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "default: catalog.path, else the cosmoDC2 training file")
     t.add_argument("--out", required=True, help="model directory to write (make train-default writes the "
                                                 "shipped model's directory)")
+    t.add_argument("--backend", choices=["local", "torch-distributor", "horovod"],
+                   help="where training runs (train.backend): one process, Spark's TorchDistributor, or Horovod")
+    t.add_argument("--num-processes", type=int, help="training processes of a distributed backend "
+                                                     "(train.num_processes)")
+    t.add_argument("--data-loader", choices=["memory", "parquet"],
+                   help="memory: every process holds the training set; parquet: Spark writes features to a "
+                        "Parquet cache and each process streams its own row groups (train.data_loader)")
     _common(t)
     t.set_defaults(func=cmd_photoz_train)
 

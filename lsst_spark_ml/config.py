@@ -75,10 +75,14 @@ class MBRNNSettings:
 
 @dataclass
 class TrainSettings:
-    backend: str = "local"              # local | torch-distributor
-    num_processes: int = 2              # torch-distributor: training processes
+    backend: str = "local"              # local | torch-distributor | horovod
+    num_processes: int = 2              # distributed backends: training processes
     use_gpu: bool = False               # torch-distributor: NCCL on GPUs (cluster mode)
     local_mode: bool = True             # torch-distributor: processes on the driver (True) or in barrier tasks
+    checkpoint_dir: str | None = None   # None: <model dir>/_checkpoints; shared storage on a cluster
+    keep_checkpoints: bool = False      # False: removed once the model directory is written
+    data_loader: str = "memory"         # memory: arrays in each process | parquet: Spark -> Parquet cache
+    cache_dir: str | None = None        # parquet loader cache (shared filesystem / object store on a cluster)
     lr: float = 8e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 5e-5
@@ -161,8 +165,13 @@ class Config:
         if self.output.mode not in ("overwrite", "error"):
             raise ConfigError(f"output.mode must be overwrite|error, got {self.output.mode!r}")
         t = self.train
-        if t.backend not in ("local", "torch-distributor"):
-            raise ConfigError(f"train.backend must be local|torch-distributor, got {t.backend!r}")
+        if t.backend not in ("local", "torch-distributor", "horovod"):
+            raise ConfigError(f"train.backend must be local|torch-distributor|horovod, got {t.backend!r}")
+        if t.data_loader not in ("memory", "parquet"):
+            raise ConfigError(f"train.data_loader must be memory|parquet, got {t.data_loader!r}")
+        if t.data_loader == "parquet" and t.noise_augmentation:
+            raise ConfigError("train.noise_augmentation needs train.data_loader=memory (the Parquet cache holds "
+                              "fixed features)")
         if t.batch_size < 2 or t.max_epochs < 1 or t.num_processes < 1:
             raise ConfigError("train.batch_size must be >= 2 (BatchNorm), train.max_epochs and "
                               "train.num_processes >= 1")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STAMP=.venv/.lsst_spark_ml_installed
-WANT=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+WANT=$(cat pyproject.toml scripts/bootstrap.sh scripts/build_horovod.sh | sha256sum | cut -c1-16)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
     exit 0
 fi
@@ -17,4 +17,9 @@ echo "[bootstrap] installing lsst_spark_ml into .venv/ (first run builds the pys
 # Real cosmoDC2 photometry (training/validation files) ships inside this data package;
 # --no-deps because we only read its files, its own dependency tree is large and unused.
 .venv/bin/python -m pip install -q --no-deps "pz-rail-base==2.0.11" >&2
+# The Horovod training backend: Horovod 0.28.1 must be built from source for this torch (see the script).
+# A failed build does not stop the rest: the Horovod tests fail and quote .venv/horovod-build.log.
+if [[ "${LSST_SPARK_ML_SKIP_HOROVOD:-0}" != "1" ]]; then
+    scripts/build_horovod.sh || echo "[bootstrap] Horovod build failed; only train.backend=horovod is affected" >&2
+fi
 echo "$WANT" > "$STAMP"

@@ -21,7 +21,7 @@ def load_dc2(which: str = "train", n: int | None = None):
 def tiny_config(**over):
     from lsst_spark_ml.config import load_config
     base = {"model": {"hidden": [32, 32], "gammas": [0.0, 2.0], "n_bins": 32},
-            "train": {"max_epochs": 3, "ensemble_epochs": 20, "batch_size": 512},
+            "train": {"max_epochs": 3, "ensemble_epochs": 20, "batch_size": 512, "backend": "local"},
             "catalog": {"truth_col": "redshift"}}
     for k, v in over.items():
         base.setdefault(k, {}).update(v)

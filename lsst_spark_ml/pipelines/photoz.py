@@ -28,8 +28,16 @@ def train(spark, cfg: Config, catalog_path: str, out_dir: str) -> dict:
     if cfg.features.use_ebv and not cfg.catalog.ebv_col:
         raise CatalogError("features.use_ebv is set but catalog.ebv_col names no E(B-V) column")
     df, cols = read_catalog(spark, catalog_path, cfg.catalog, need_truth=True)
+    if cfg.train.data_loader == "parquet":
+        # Too large for every process to hold: features on the executors, then each rank streams its share.
+        from ..training import photoz_spark
+        from ..training.photoz import train_ensemble
+        t0 = time.time()
+        cache_dir = cfg.train.cache_dir or str(Path(out_dir).resolve().parent / f".{Path(out_dir).name}.cache")
+        parts = photoz_spark.prepare(spark, df, cols, cfg, str(catalog_path), cache_dir)
+        return train_ensemble(*parts, cfg, out_dir, _log, t0)
     wanted = cols.values + cols.errors + [cols.truth_col] + ([cols.ebv_col] if cols.ebv_col else [])
-    # Spectroscopic training sets are small (10^4-10^6 rows): one process holds them in memory.
+    # Spectroscopic training sets are usually small (10^4-10^6 rows): every process holds them in memory.
     pdf = df.select(*wanted).toPandas()
     data = TrainingSet(pdf[cols.values].to_numpy(np.float64), pdf[cols.errors].to_numpy(np.float64),
                        cols.photometry, pdf[cols.truth_col].to_numpy(np.float64),

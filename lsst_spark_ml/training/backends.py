@@ -24,7 +24,7 @@ def _local(train_fn: Callable[..., Any], *args, **kwargs):
 
 def run(backend: str, train_fn: Callable[..., Any], *args, options: dict | None = None, **kwargs):
     """Run ``train_fn(*args, **kwargs)`` under ``backend``; ``options`` configure the backend itself."""
-    from . import distributed  # noqa: F401  (registers the distributed backends)
+    from . import distributed, horovod_backend  # noqa: F401  (register the distributed backends)
     if backend not in _BACKENDS:
         raise ConfigError(f"train.backend {backend!r} is not available; choose one of {sorted(_BACKENDS)}")
     if backend == "local":

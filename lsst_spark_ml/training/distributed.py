@@ -1,23 +1,72 @@
-"""Data-parallel training through Spark's TorchDistributor (gloo on CPU, NCCL on GPU).
+"""What a train function needs to know when it runs as one of several data-parallel processes.
 
-The train function is the same one the ``local`` backend runs: inside a distributed run, ``current()``
-tells ``training.loop.fit`` its rank and world size, and fit wraps the model in DistributedDataParallel,
-gives each rank its share of every batch, and keeps every rank's decisions (checkpoint, early stop)
-identical by validating the same weights with rank 0's BatchNorm statistics on every rank.
+A backend (TorchDistributor here, Horovod in ``training.horovod_backend``) starts the processes and sets the
+current ``DistContext``. ``training.loop.fit`` asks it for the few collective operations it needs --
+wrap the model or the optimiser, a differentiable all-reduce for cross-rank BatchNorm, a broadcast and an
+all-gather -- so the train function and the model code are the same under every backend.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from .backends import register
 
 
-@dataclass(frozen=True)
 class DistContext:
-    rank: int
-    world_size: int
-    device: str
+    """Rank, world size, device, and the collectives of one backend."""
+    backend = "none"
+
+    def __init__(self, rank: int, world_size: int, device: str):
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def wrap_optimizer(self, opt: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return opt
+
+    def step(self, opt: torch.optim.Optimizer, clip) -> None:
+        """Clip the (already averaged) gradients, then step."""
+        clip()
+        opt.step()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, differentiable (gradients flow back to every rank's input)."""
+        raise NotImplementedError
+
+    def broadcast_(self, t: torch.Tensor, src: int = 0) -> None:
+        raise NotImplementedError
+
+    def all_gather_object(self, obj: Any) -> list:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, device={self.device!r})"
+
+
+class TorchContext(DistContext):
+    """torch.distributed (gloo on CPU, NCCL on GPU) with DistributedDataParallel."""
+    backend = "torch-distributor"
+
+    def wrap_model(self, model):
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    def all_reduce_sum(self, t):
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t)
+
+    def broadcast_(self, t, src=0):
+        import torch.distributed as dist
+        dist.broadcast(t, src=src)
+
+    def all_gather_object(self, obj):
+        import torch.distributed as dist
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
 
 _CTX: DistContext | None = None
@@ -27,22 +76,25 @@ def current() -> DistContext | None:
     return _CTX
 
 
+def set_current(ctx: DistContext | None) -> None:
+    global _CTX
+    _CTX = ctx
+
+
 def _ddp_entry(train_fn, args, kwargs):
     """Runs in every torchrun process that TorchDistributor starts."""
-    global _CTX
-    import torch
     import torch.distributed as dist
     use_cuda = torch.cuda.is_available() and os.environ.get("LSST_SPARK_ML_DDP_CPU") != "1"
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     torch.set_num_threads(1)     # one core per process, as Spark's tasks
-    _CTX = DistContext(dist.get_rank(), dist.get_world_size(), "cuda" if use_cuda else "cpu")
+    set_current(TorchContext(dist.get_rank(), dist.get_world_size(), "cuda" if use_cuda else "cpu"))
     try:
         # Every rank returns the same value: in local mode TorchDistributor keeps whichever rank ends last.
         return train_fn(*args, **kwargs)
     finally:
-        _CTX = None
+        set_current(None)
         dist.destroy_process_group()
 
 

@@ -1,9 +1,17 @@
 """One train loop for every supervised model of the package: optimiser, schedule, clipping, best-validation
-checkpoint, early stopping and per-epoch progress lines. Backends (training.backends) decide where it runs.
+weights, early stopping, checkpoints and progress. Backends (training.backends) decide where it runs.
+
+Under a distributed backend the same loop runs in every process. The current ``DistContext`` wraps the
+model (DDP) or the optimiser (Horovod); BatchNorm statistics are taken over the global batch
+(``sync_batchnorm``), so N processes train the same model as one process on the same batches, up to
+floating-point reduction order. Every rank validates the same weights on the same data, so best-epoch,
+learning-rate and early-stopping decisions agree without extra messages. Rank 0 alone logs and writes
+checkpoints.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 import time
@@ -13,6 +21,9 @@ from typing import Callable, Iterable
 import torch
 
 from ..config import TrainSettings
+from . import checkpoint
+from .progress import EpochBar, epoch_line
+from .sync_batchnorm import to_cross_rank, to_plain
 
 # A batch provider returns, for one epoch, an iterable of (inputs, targets) batches.
 BatchProvider = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -27,6 +38,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     world_size: int = 1
+    backend: str = "local"
+    resumed_from_epoch: int = 0                  # 0: started fresh
+    rank_digests: list[str] = field(default_factory=list)   # sha256 of each rank's final parameters
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
@@ -40,52 +62,96 @@ def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
 
 
 def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batches: Callable[[], Iterable],
-        ts: TrainSettings, label: str = "", log=None, is_main: bool = True,
-        wrap_optimizer: Callable | None = None) -> TrainResult:
+        ts: TrainSettings, label: str = "", log=None, is_main: bool = True, *,
+        checkpoint_dir: str | None = None, fingerprint: str = "", sharded: bool = False,
+        progress: bool = True) -> TrainResult:
     """Train ``model`` in place and return its best-validation state.
 
-    ``wrap_optimizer`` lets a distributed backend wrap the optimiser (e.g. Horovod's DistributedOptimizer)
-    without this loop knowing about it.
+    ``train_batches(epoch)`` yields the whole batch, which each rank slices (``x[rank::world]``), or with
+    ``sharded=True`` this rank's own batches (e.g. a ``ParquetLoader`` with ``even_batches=True``; every
+    rank must then yield the same number of batches). With ``checkpoint_dir`` the state is saved after every
+    epoch and a run with the same ``fingerprint`` resumes after the last saved epoch; a finished run
+    returns at once. Batch order must depend on (seed, epoch) only for a resumed run to equal an
+    uninterrupted one.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     from .distributed import current
     ctx = current()
+    world = ctx.world_size if ctx is not None else 1
     device = torch.device(ctx.device if ctx is not None else "cpu")
+    is_main = is_main and (ctx is None or ctx.rank == 0)
     model.to(device)
+
+    best, best_epoch, best_state, stale, stopped_early = math.inf, -1, None, 0, False
+    history: list[dict] = []
+    start = 1
+    # Every rank reads the same file, so all resume from the same epoch with the same weights and state.
+    state = checkpoint.load(checkpoint_dir, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
     net = model
     if ctx is not None:
-        # Same model code, data-parallel: DDP all-reduces gradients; each rank takes its share of a batch.
-        net = torch.nn.parallel.DistributedDataParallel(model)
-        is_main = is_main and ctx.rank == 0
+        to_cross_rank(model, ctx.all_reduce_sum)
+        net = ctx.wrap_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
-    if wrap_optimizer is not None:
-        opt = wrap_optimizer(opt, model)
+    if ctx is not None:
+        opt = ctx.wrap_optimizer(opt, model)    # Horovod builds a new optimiser: wrap before loading state
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=ts.plateau_factor,
                                                        patience=ts.plateau_patience, min_lr=ts.min_lr)
-    best, best_epoch, best_state, stale = math.inf, -1, copy.deepcopy(model.state_dict()), 0
-    history: list[dict] = []
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
+        best_state, history = state["best_state"], state["history"]
+        stopped_early = state["stopped_early"]
+        start = state["epoch"] + 1
+        if is_main:
+            log(f"[{label}] resuming from the checkpoint of epoch {state['epoch']} in {checkpoint_dir}")
+    if best_state is None:
+        best_state = copy.deepcopy(model.state_dict())
+
+    def clip():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
+
     t0 = time.time()
-    epoch = 0
-    for epoch in range(1, ts.max_epochs + 1):
+    epoch = start - 1
+    for epoch in range(start, ts.max_epochs + 1):
+        if stopped_early:
+            epoch -= 1
+            break
         model.train()
+        t_ep = time.time()
+        batches = train_batches(epoch)
+        bar = EpochBar(label, epoch, ts.max_epochs, len(batches) if hasattr(batches, "__len__") else None,
+                       enabled=progress and is_main)
         tot, n = 0.0, 0
-        world = ctx.world_size if ctx is not None else 1
-        for x, y in train_batches(epoch):
-            # BatchNorm cannot train on one row; the test is on the whole batch so that every rank skips
-            # the same batches (a rank stepping alone would wait forever for the others' gradients).
-            if len(x) < 2 * world:
-                continue
-            if ctx is not None:
-                x, y = x[ctx.rank::world].to(device), y[ctx.rank::world].to(device)
-            opt.zero_grad(set_to_none=True)
+        for x, y in batches:
+            if not sharded:
+                # BatchNorm cannot train on one row; the test is on the whole batch so that every rank
+                # skips the same batches (a rank stepping alone would wait forever for the others).
+                if len(x) < 2 * world:
+                    continue
+                if ctx is not None:
+                    x, y = x[ctx.rank::world], y[ctx.rank::world]
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad()    # set_to_none by default; Horovod's optimiser takes no arguments
             loss = loss_fn(net(x), y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
-            opt.step()
+            if ctx is not None:
+                ctx.step(opt, clip)
+            else:
+                clip()
+                opt.step()
             tot += loss.detach().item() * len(x)
             n += len(x)
+            bar.update(len(x))
+        bar.close()
         if ctx is not None:
-            _sync_for_validation(model)
+            parts = ctx.all_gather_object((tot, n))
+            tot, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            _sync_buffers(model, ctx)
+        if n == 0:
+            raise RuntimeError(f"[{label}] epoch {epoch} had no training batches: empty or too small data")
         val = evaluate_loss(model, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
         if epoch >= ts.plateau_start_epoch:   # the paper starts the plateau schedule at epoch 10
             sched.step(val)
@@ -95,25 +161,38 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        lr = opt.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_loss": tot / max(n, 1), "val_loss": val, "lr": lr})
+        seconds = time.time() - t_ep
+        h = {"epoch": epoch, "train_loss": tot / n, "val_loss": val, "lr": opt.param_groups[0]["lr"],
+             "samples_per_s": n / max(seconds, 1e-9), "epoch_seconds": seconds, "world_size": world}
+        history.append(h)
         if is_main:
-            log(f"[{label}] epoch {epoch:3d}/{ts.max_epochs}  train {tot / max(n, 1):.4f}  val {val:.4f}  "
-                f"lr {lr:.1e}{'  *best' if improved else ''}")
-        if ts.early_stop_patience is not None and stale >= ts.early_stop_patience:
+            log(epoch_line(label, h, ts.max_epochs, improved))
+        stopped_early = ts.early_stop_patience is not None and stale >= ts.early_stop_patience
+        if is_main and checkpoint_dir is not None:
+            checkpoint.save(checkpoint_dir, {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
+                "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "history": history,
+                "stopped_early": stopped_early})
+        if stopped_early:
             if is_main:
                 log(f"[{label}] no improvement for {stale} epochs: stopping, best epoch {best_epoch}")
             break
+
+    digests = [parameter_digest(model)]
+    if ctx is not None:
+        digests = ctx.all_gather_object(digests[0])
+        to_plain(model)
     model.load_state_dict(best_state)
     model.to("cpu")      # the result travels back to a driver that may have no GPU
     best_state = {k: v.cpu() for k, v in best_state.items()}
-    return TrainResult(best_state, best, best_epoch, epoch, history, time.time() - t0,
-                       ctx.world_size if ctx is not None else 1)
+    return TrainResult(best_state, best, best_epoch, epoch, history, time.time() - t0, world,
+                       ctx.backend if ctx is not None else "local", start - 1 if state is not None else 0,
+                       digests)
 
 
-def _sync_for_validation(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's BatchNorm statistics, so validation, checkpoints and early stopping agree
-    (the ranks saw different shards, and a rank that stopped alone would leave the others waiting)."""
-    import torch.distributed as dist
+def _sync_buffers(model: torch.nn.Module, ctx) -> None:
+    """Cross-rank BatchNorm keeps the running statistics equal on every rank already; broadcasting rank 0's
+    buffers guards against any other buffer drifting, so validation and decisions agree everywhere."""
     for buf in model.buffers():
-        dist.broadcast(buf, src=0)
+        ctx.broadcast_(buf, 0)

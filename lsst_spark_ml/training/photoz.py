@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ from ..models import (MBRNN, MBRNNEnsemble, anchor_loss, anchor_loss_from_log_pr
                       redshift_to_bin)
 from . import backends
 from .loop import fit
+
+TRAINING_LOG = "training_log.json"
 
 
 @dataclass
@@ -57,33 +62,79 @@ def _perturbed(phot: Photometry, rng: np.random.Generator, limits: np.ndarray) -
     return Photometry(mag, phot.mag_err, phot.flags, phot.detected)
 
 
-def _batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator | None):
-    order = torch.randperm(len(X), generator=gen) if gen is not None else torch.arange(len(X))
+def _batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None, epoch: int = 0):
+    """Batches in an order that depends on (seed, epoch) only, so a resumed run repeats the same epochs."""
+    if seed is None:
+        order = torch.arange(len(X))
+    else:
+        order = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     for s in range(0, len(X), batch_size):
         i = order[s:s + batch_size]
         yield X[i], y[i]
 
 
-def train_member(gamma: float, phot_train: Photometry, ebv_train, y_train, X_val, y_val, scaler: MinMaxScaler,
-                 cfg: Config, seed: int, label: str):
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    bands, fs, ts = cfg.catalog.bands, cfg.features, cfg.train
-    limits = np.array([fs.nondetect_limits[b] for b in bands])
-    base_X = torch.from_numpy(scaler.transform(colour_features(phot_train, bands, fs, ebv_train)[0])[0])
+@dataclass
+class MemoryData:
+    """Training rows held in every process; fit slices each global batch by rank."""
+    phot: Photometry
+    ebv: np.ndarray | None
+    y: torch.Tensor
+    scaler: MinMaxScaler
+    sharded = False
 
-    def train_batches(epoch: int):
-        if ts.noise_augmentation:
-            X = scaler.transform(colour_features(_perturbed(phot_train, rng, limits), bands, fs, ebv_train)[0])[0]
-            X = torch.from_numpy(X)
-        else:
+    def provider(self, cfg: Config, seed: int):
+        bands, fs, ts = cfg.catalog.bands, cfg.features, cfg.train
+        limits = np.array([fs.nondetect_limits[b] for b in bands])
+        base_X = torch.from_numpy(self.scaler.transform(colour_features(self.phot, bands, fs, self.ebv)[0])[0])
+
+        def train_batches(epoch: int):
             X = base_X
-        return _batches(X, y_train, ts.batch_size, gen)
+            if ts.noise_augmentation:
+                rng = np.random.default_rng([seed, epoch])
+                X = torch.from_numpy(self.scaler.transform(
+                    colour_features(_perturbed(self.phot, rng, limits), bands, fs, self.ebv)[0])[0])
+            return _batches(X, self.y, ts.batch_size, seed, epoch)
+        return train_batches
 
+
+@dataclass
+class ParquetData:
+    """Scaled features ``x`` (list<float>) and bin ``y`` in a Parquet cache; each rank reads its own row
+    groups through ``ParquetLoader``, so no process holds the whole training set."""
+    path: str
+    n_rows: int
+    sharded = True
+
+    def provider(self, cfg: Config, seed: int):
+        from .distributed import current
+        from .loader import ParquetLoader
+        ctx = current()
+        world = ctx.world_size if ctx is not None else 1
+        # The global batch stays train.batch_size whatever the number of processes. Full batches only and
+        # the same count on every rank: a rank stepping alone, or on one row (BatchNorm), would hang DDP.
+        loader = ParquetLoader(self.path, ["x", "y"], max(2, cfg.train.batch_size // world), seed=seed,
+                               even_batches=True, drop_last=True, dtype={"x": torch.float32, "y": torch.int64})
+
+        class _Epoch:
+            def __init__(self, epoch):
+                self.epoch = epoch
+
+            def __len__(self):
+                return loader.num_batches(self.epoch)
+
+            def __iter__(self):
+                for b in loader.epoch(self.epoch):
+                    yield b["x"], b["y"]
+        return _Epoch
+
+
+def train_member(gamma: float, data: MemoryData | ParquetData, X_val, y_val, cfg: Config, seed: int, label: str,
+                 checkpoint_dir: str | None = None, fingerprint: str = ""):
+    torch.manual_seed(seed)
     model = MBRNN(X_val.shape[1], cfg.model.n_bins, cfg.model.hidden)
-    result = fit(model, lambda logits, y: anchor_loss(logits, y, gamma), train_batches,
-                 lambda: _batches(X_val, y_val, 8192, None), ts, label=label)
+    result = fit(model, lambda logits, y: anchor_loss(logits, y, gamma), data.provider(cfg, seed),
+                 lambda: _batches(X_val, y_val, 8192, None), cfg.train, label=label,
+                 checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, sharded=data.sharded)
     return model, result
 
 
@@ -103,9 +154,9 @@ def fit_ensemble_weights(member_probs: torch.Tensor, y: torch.Tensor, epochs: in
 
 
 def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict:
-    """Train the ensemble described by ``cfg.model`` on ``data`` and write the model directory."""
+    """Train the ensemble described by ``cfg.model`` on in-memory ``data`` and write the model directory."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    ts, ms, fs, bands = cfg.train, cfg.model, cfg.features, cfg.catalog.bands
+    ts, fs, bands = cfg.train, cfg.features, cfg.catalog.bands
     torch.set_num_threads(ts.threads or os.cpu_count() or 1)
     t0 = time.time()
     phot = to_magnitudes(data.values, data.errors, data.kind, bands, fs)
@@ -121,26 +172,59 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     n_val = max(1, int(round(ts.val_fraction * len(idx))))
     val_idx, tr_idx = np.sort(idx[:n_val]), np.sort(idx[n_val:])
     scaler = MinMaxScaler.fit(X[tr_idx])
-    to_bin = lambda zz: redshift_to_bin(torch.from_numpy(zz), ms.z_min, ms.z_max, ms.n_bins)  # noqa: E731
-    y_tr, y_val = to_bin(z[tr_idx]), to_bin(z[val_idx])
+    y_tr = to_bin(z[tr_idx], cfg)
     X_val = torch.from_numpy(scaler.transform(X[val_idx])[0])
     ebv_tr = data.ebv[tr_idx] if data.ebv is not None else None
-    log(f"[train] {len(tr_idx)} training / {len(val_idx)} validation rows from {data.source} "
-        f"({n_dropped} without a usable label or photometry left out), {X.shape[1]} features, "
-        f"{len(ms.gammas)} members gamma={ms.gammas}")
+    train_data = MemoryData(_subset(phot, tr_idx), ebv_tr, y_tr, scaler)
+    meta = {"source": data.source, "sha256": data.sha256(), "n_rows": int(len(z)), "n_train": int(len(tr_idx)),
+            "n_val": int(len(val_idx)), "n_unusable": n_dropped, "loader": "memory"}
+    return train_ensemble(train_data, X_val, z[val_idx], scaler, meta, cfg, out_dir, log, t0)
 
-    members, member_meta = [], []
+
+def to_bin(z: np.ndarray, cfg: Config) -> torch.Tensor:
+    ms = cfg.model
+    return redshift_to_bin(torch.from_numpy(np.asarray(z, dtype=np.float64)), ms.z_min, ms.z_max, ms.n_bins)
+
+
+def _fingerprint(data_sha: str, cfg: Config, gamma: float, seed: int) -> str:
+    """What a checkpoint must match to be resumed: data, model and training settings, except the ones a user
+    may change to extend or continue a run (epochs, patience, backend, processes, checkpoint places)."""
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
+             if k not in ("max_epochs", "early_stop_patience", "backend", "num_processes", "use_gpu",
+                          "local_mode", "checkpoint_dir", "keep_checkpoints", "cache_dir", "threads")}
+    blob = json.dumps({"data": data_sha, "model": dataclasses.asdict(cfg.model), "train": train,
+                       "features": dataclasses.asdict(cfg.features), "bands": list(cfg.catalog.bands),
+                       "gamma": gamma, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_ensemble(train_data: MemoryData | ParquetData, X_val: torch.Tensor, z_val: np.ndarray,
+                   scaler: MinMaxScaler, data_meta: dict, cfg: Config, out_dir: str, log, t0: float) -> dict:
+    """Train one member per gamma under the configured backend, fit the ensemble weights, write the model
+    directory (with ``training_log.json``, the per-epoch history of every member)."""
+    ts, ms, fs, bands = cfg.train, cfg.model, cfg.features, cfg.catalog.bands
+    y_val = to_bin(z_val, cfg)
+    log(f"[train] {data_meta['n_train']} training / {data_meta['n_val']} validation rows from "
+        f"{data_meta['source']} ({data_meta['n_unusable']} without a usable label or photometry left out), "
+        f"{X_val.shape[1]} features, {len(ms.gammas)} members gamma={ms.gammas}, backend {ts.backend}"
+        f"{f' x{ts.num_processes}' if ts.backend != 'local' else ''}, {data_meta['loader']} loader")
+    ckpt_root = Path(ts.checkpoint_dir or Path(out_dir) / "_checkpoints")
+
+    members, member_meta, run_log = [], [], []
     for i, gamma in enumerate(ms.gammas):
-        model, res = backends.run(ts.backend, train_member, gamma, _subset(phot, tr_idx), ebv_tr, y_tr, X_val,
-                                  y_val, scaler, cfg, ts.seed + 1000 * i,
+        seed = ts.seed + 1000 * i
+        model, res = backends.run(ts.backend, train_member, gamma, train_data, X_val, y_val, cfg, seed,
                                   f"member {i + 1}/{len(ms.gammas)} gamma={gamma:g}",
+                                  str(ckpt_root / f"member{i}"), _fingerprint(data_meta["sha256"], cfg, gamma, seed),
                                   options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
                                            "local_mode": ts.local_mode})
         model.eval()
         members.append(model)
         member_meta.append({"gamma": gamma, "best_val_loss": res.best_val_loss, "best_epoch": res.best_epoch,
                             "epochs_run": res.epochs_run, "seconds": round(res.seconds, 1),
-                            "world_size": res.world_size})
+                            "world_size": res.world_size, "backend": res.backend,
+                            "resumed_from_epoch": res.resumed_from_epoch})
+        run_log.append({"member": i, "gamma": gamma, "history": res.history, "rank_digests": res.rank_digests})
 
     ens = MBRNNEnsemble(members)
     with torch.no_grad():
@@ -152,17 +236,19 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
     edges = np.linspace(ms.z_min, ms.z_max, ms.n_bins + 1)
     summ = summarize(pdf, edges)
     metrics = {"split": "held-out validation split of the training catalog",
-               **{k: point_metrics(summ[k], z[val_idx]) for k in ("z_mean", "z_mode", "z_median")}}
+               **{k: point_metrics(summ[k], z_val) for k in ("z_mean", "z_mode", "z_median")}}
     for i, m in enumerate(members):
         with torch.no_grad():
             p = torch.softmax(m(X_val), 1).numpy()
-        member_meta[i]["val_sigma_nmad"] = point_metrics(summarize(p, edges)["z_mean"], z[val_idx])["sigma_nmad"]
+        member_meta[i]["val_sigma_nmad"] = point_metrics(summarize(p, edges)["z_mean"], z_val)["sigma_nmad"]
 
     tensors = {f"member{i}.{k}": v for i, m in enumerate(members) for k, v in m.state_dict().items()}
     tensors["ensemble.weights"] = weights
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / TRAINING_LOG).write_text(json.dumps({"members": run_log}, indent=1, default=float) + "\n")
     manifest = {
         "kind": "mbrnn-ensemble",
-        "architecture": {"n_in": int(X.shape[1]), "hidden": list(ms.hidden), "n_bins": ms.n_bins,
+        "architecture": {"n_in": int(X_val.shape[1]), "hidden": list(ms.hidden), "n_bins": ms.n_bins,
                          "n_members": len(members), "block": "Linear-BatchNorm1d-Softplus"},
         "bins": {"z_min": ms.z_min, "z_max": ms.z_max, "n_bins": ms.n_bins},
         "bands": list(bands),
@@ -171,12 +257,14 @@ def train_photoz(data: TrainingSet, cfg: Config, out_dir: str, log=None) -> dict
         "scaler": scaler.to_dict(),
         "members": member_meta,
         "training": {k: v for k, v in dataclasses.asdict(ts).items()},
-        "training_data": {"source": data.source, "sha256": data.sha256(), "n_rows": int(len(z)),
-                          "n_train": int(len(tr_idx)), "n_val": int(len(val_idx)), "n_unusable": n_dropped},
+        "training_data": data_meta,
         "metrics": metrics,
         "train_seconds": round(time.time() - t0, 1),
+        "extra_files": [TRAINING_LOG],
     }
     sha = save_artefact(out_dir, tensors, manifest)
+    if not ts.keep_checkpoints:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
     log(f"[train] wrote {out_dir} (model sha256 {sha[:16]}...) in {time.time() - t0:.0f} s; "
         f"validation z_median sigma_NMAD {metrics['z_median']['sigma_nmad']:.4f}, "
         f"outliers {metrics['z_median']['catastrophic_fraction']:.4f}")
