@@ -102,6 +102,25 @@ class TrainSettings:
 
 
 @dataclass
+class OODSettings:
+    """DCP out-of-distribution scoring (Lee & Shin 2022); network shape and bins come from ``model``."""
+    margin: float = 4.1                 # the paper's m, just under ln 64 = 4.159
+    gamma: float = 0.0                  # anchor-loss gamma of both networks
+    check_every: int = 200              # steps between validation checks (the paper's 200)
+    ts1_patience: int = 10              # checks without improvement before TS2 (the paper's 10)
+    ts2_patience: int = 20              # checks without improvement or gap growth before TS3 (the paper's 20)
+    ts3_patience: int = 10
+    max_checks_per_stage: int = 60      # bounds every stage
+    batch_size: int = 256               # labelled rows per step
+    unlabelled_batch_size: int = 1024   # unlabelled rows per TS2 step (the paper's 1024)
+    flag_quantile: float = 0.99         # ood_flag: score above this quantile of labelled validation scores
+    max_unlabelled_rows: int = 1_000_000   # unlabelled rows sampled (on the executors) for training
+    unlabelled_val_rows: int = 4096     # unlabelled rows held out for the TS2 gap check
+    val_fraction: float = 0.1           # labelled rows held out (the paper's 80/10/10 split)
+    cache_dir: str | None = None        # Parquet cache of unlabelled features; shared storage on a cluster
+
+
+@dataclass
 class InferenceSettings:
     batch_size: int = 10000
     device: str = "auto"               # auto | cpu | cuda
@@ -124,6 +143,7 @@ class Config:
     features: FeatureSettings = field(default_factory=FeatureSettings)
     model: MBRNNSettings = field(default_factory=MBRNNSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    ood: OODSettings = field(default_factory=OODSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
@@ -188,8 +208,23 @@ class Config:
             raise ConfigError(f"model.hidden must list positive layer widths, got {m.hidden}")
         if not 0 < self.train.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
+        self._validate_ood()
         return self
 
+    def _validate_ood(self) -> None:
+        import math
+        o = self.ood
+        if not 0 < o.margin < math.log(self.model.n_bins):
+            raise ConfigError(f"ood.margin must be in (0, ln model.n_bins = {math.log(self.model.n_bins):.3f}), "
+                              f"got {o.margin}")
+        if min(o.check_every, o.ts1_patience, o.ts2_patience, o.ts3_patience, o.max_checks_per_stage) < 1:
+            raise ConfigError("ood.check_every, ood.ts*_patience and ood.max_checks_per_stage must be >= 1")
+        if o.batch_size < 2 or o.unlabelled_batch_size < 2 or o.unlabelled_val_rows < 1 or o.max_unlabelled_rows < 1:
+            raise ConfigError("ood.batch_size and ood.unlabelled_batch_size must be >= 2, ood.unlabelled_val_rows "
+                              "and ood.max_unlabelled_rows >= 1")
+        if not 0 < o.flag_quantile < 1 or not 0 < o.val_fraction < 1:
+            raise ConfigError(f"ood.flag_quantile and ood.val_fraction must be in (0, 1), got {o.flag_quantile}, "
+                              f"{o.val_fraction}")
 
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)

@@ -46,6 +46,14 @@ def test_every_row_exactly_once_across_ranks(pq_dir, world_size):
         np.testing.assert_array_equal(np.sort(allids), np.arange(N))
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_read_ahead_does_not_change_the_stream(pq_dir, shuffle):
+    streams = [_ids(ParquetLoader(pq_dir, ["id"], 700, rank=1, world_size=2, shuffle=shuffle, shuffle_buffer=2500,
+                                  seed=5, prefetch=k), 2) for k in (0, 1, 3)]
+    for other in streams[1:]:
+        np.testing.assert_array_equal(streams[0], other)
+
+
 def test_shuffle_is_seeded_by_seed_and_epoch(pq_dir):
     ld = ParquetLoader(pq_dir, ["id"], 512, rank=0, world_size=1, shuffle_buffer=5000, seed=3)
     e0, e0b, e1 = _ids(ld, 0), _ids(ld, 0), _ids(ld, 1)

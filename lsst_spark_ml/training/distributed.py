@@ -55,8 +55,13 @@ class TorchContext(DistContext):
         return torch.nn.parallel.DistributedDataParallel(model)
 
     def all_reduce_sum(self, t):
+        import warnings
         from torch.distributed.nn.functional import all_reduce
-        return all_reduce(t)
+        with warnings.catch_warnings():
+            # Deprecated in favour of torch.distributed._functional_collectives, a private module: keep the
+            # public differentiable all-reduce until a public replacement exists.
+            warnings.simplefilter("ignore", FutureWarning)
+            return all_reduce(t)
 
     def broadcast_(self, t, src=0):
         import torch.distributed as dist

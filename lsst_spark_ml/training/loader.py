@@ -45,6 +45,7 @@ Guarantees
   makes every rank yield the same number of batches (the smallest over ranks for that epoch; all rows are
   still read and counted, the surplus batches are not yielded), which DistributedDataParallel needs to
   avoid a rank waiting forever on an all-reduce.
+* ``prefetch`` row groups (default 1) are read ahead in a background thread, so reading overlaps training.
 * There must be at least ``world_size`` units, else ``ValueError`` (a rank with no data would hang a DDP
   run); write smaller row groups (``rows_per_group``) for small data.
 
@@ -215,11 +216,14 @@ class ParquetLoader:
                  shuffle_buffer: int = 10_000, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, drop_last: bool = False,
                  dtype: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
-                 even_batches: bool = False):
+                 even_batches: bool = False, prefetch: int = 1):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if shuffle_buffer < 0:
             raise ValueError("shuffle_buffer must be >= 0")
+        if prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        self.prefetch = int(prefetch)
         if rank is None or world_size is None:
             from .distributed import current
             ctx = current()
@@ -304,18 +308,32 @@ class ParquetLoader:
             return t.to(torch.int64)
         return t
 
+    def _read_ahead(self, units: list[_Unit], fs: pafs.FileSystem) -> Iterator[dict[str, np.ndarray]]:
+        """Row groups in order, the next ``prefetch`` ones read in a background thread while the current one
+        is trained on (pyarrow releases the GIL while it reads and decodes)."""
+        if self.prefetch == 0:
+            for u in units:
+                yield self._read(u, fs)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1, thread_name_prefix="parquet-prefetch") as pool:
+            pending = [pool.submit(self._read, u, fs) for u in units[:self.prefetch]]
+            for i in range(len(units)):
+                chunk = pending.pop(0).result()
+                if i + self.prefetch < len(units):
+                    pending.append(pool.submit(self._read, units[i + self.prefetch], fs))
+                yield chunk
+
     def _rows(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """Row chunks of this rank's units for ``epoch``, after the shuffle buffer."""
         fs, _ = _fs_and_root(self.path)
         units = self.units_for(epoch)
         if not self.shuffle:
-            for u in units:
-                yield self._read(u, fs)
+            yield from self._read_ahead(units, fs)
             return
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         buf: dict[str, np.ndarray] | None = None
-        for u in units:
-            chunk = self._read(u, fs)
+        for chunk in self._read_ahead(units, fs):
             buf = chunk if buf is None else {c: np.concatenate([buf[c], chunk[c]]) for c in self.columns}
             n = len(buf[self.columns[0]])
             k = n - self.shuffle_buffer
