@@ -1,5 +1,5 @@
 # The two commands of the README. Each creates .venv/ when it is missing.
-.PHONY: demo test test-fast bench train-default
+.PHONY: demo test test-fast bench bench-training bench-ood train-default train-ood
 
 demo:
 	@scripts/bootstrap.sh
@@ -16,6 +16,18 @@ test-fast:
 bench:
 	@scripts/bootstrap.sh
 	.venv/bin/python benchmarks/photoz_throughput.py --rows 200000 --cores 2 $(ARGS)
+
+bench-training:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/training_scaling.py $(ARGS)
+
+bench-ood:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/ood_throughput.py --rows 200000 --cores 2 $(ARGS)
+
+train-ood:
+	@scripts/bootstrap.sh
+	.venv/bin/lsst-spark-ml ood fit --conf conf/ood_train_dc2.yaml --out lsst_spark_ml/resources/models/dcp_dc2 $(ARGS)
 
 train-default:
 	@scripts/bootstrap.sh

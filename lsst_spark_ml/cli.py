@@ -18,6 +18,11 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent / "resources" / "models" / "mbrnn_dc2"
 
 
+def default_dcp_dir() -> Path:
+    """The DCP out-of-distribution model shipped inside the package (trained by ``make train-ood``)."""
+    return Path(__file__).resolve().parent / "resources" / "models" / "dcp_dc2"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", default=[], metavar="YAML",
                    help="configuration file (repeatable; later files win)")
@@ -87,12 +92,89 @@ def cmd_photoz_evaluate(args) -> int:
     return 0
 
 
+def cmd_bayes_run(args) -> int:
+    from .pipelines import bayes
+    cfg = _config(args)
+    catalog = args.catalog or cfg.catalog.path
+    out = args.out or cfg.output.path
+    if not catalog or not out:
+        raise LsstSparkMLError("bayes run needs --catalog and --out (or catalog.path / output.path in conf)")
+    spark = _spark(cfg)       # templates, filters and the selection are checked before any Spark job
+    meta = bayes.run(spark, cfg, catalog, out, method=args.method, where=args.where)
+    print(json.dumps(meta, indent=2, default=str))
+    return 0
+
+
+def cmd_asteroids_fit(args) -> int:
+    from .pipelines import asteroids
+    cfg = _config(args)
+    spark = _spark(cfg)
+    meta = asteroids.fit(spark, cfg, args.out, catalog=args.catalog, label_col=args.label_col)
+    print(json.dumps(meta, indent=2, default=float))
+    return 0
+
+
+def cmd_asteroids_classify(args) -> int:
+    from .pipelines import asteroids
+    cfg = _config(args)
+    catalog = args.catalog or cfg.catalog.path
+    out = args.out or cfg.output.path
+    if not catalog or not out:
+        raise LsstSparkMLError("asteroids classify needs --catalog and --out (or catalog.path / output.path in conf)")
+    spark = _spark(cfg)
+    meta = asteroids.classify(spark, cfg, catalog, args.model, out, kind=args.kind)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_asteroids_evaluate(args) -> int:
+    from .pipelines import asteroids
+    cfg = _config(args)
+    spark = _spark(cfg)
+    res = asteroids.evaluate(spark, cfg, args.out)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
+def cmd_ood_fit(args) -> int:
+    from .pipelines import ood
+    cfg = _config(args)
+    spark = _spark(cfg)
+    res = ood.fit(spark, cfg, args.labelled, args.unlabelled, args.out)
+    print(json.dumps({"model_dir": res["model_dir"], "model_sha256": res["model_sha256"],
+                      "thresholds": res["thresholds"], "metrics": res["metrics"]}, indent=2, default=float))
+    return 0
+
+
+def cmd_ood_score(args) -> int:
+    from .pipelines import ood
+    cfg = _config(args)
+    catalog = args.catalog or cfg.catalog.path
+    out = args.out or cfg.output.path
+    if not catalog or not out:
+        raise LsstSparkMLError("ood score needs --catalog and --out (or catalog.path / output.path in conf)")
+    spark = _spark(cfg)       # the model is verified before any Spark job
+    print(json.dumps(ood.score(spark, cfg, catalog, args.model or str(default_dcp_dir()), out), indent=2))
+    return 0
+
+
+def cmd_ood_evaluate(args) -> int:
+    from .pipelines import ood
+    cfg = _config(args)
+    spark = _spark(cfg)
+    res = ood.evaluate(spark, cfg, args.model or str(default_dcp_dir()), args.out)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .pipelines import demo
     cfg = _config(args)
     out = args.out or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     spark = _spark(cfg)
-    demo.run(spark, cfg, out, n_synthetic=args.rows, model_dir=args.model or str(default_model_dir()))
+    dcp = default_dcp_dir()
+    demo.run(spark, cfg, out, n_synthetic=args.rows, model_dir=args.model or str(default_model_dir()),
+             dcp_dir=str(dcp) if (dcp / "manifest.json").exists() else None)
     return 0
 
 
@@ -139,6 +221,69 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--z-col", default="z_median", help="point estimate for the plots (default z_median)")
     _common(ev)
     ev.set_defaults(func=cmd_photoz_evaluate)
+
+    by = sub.add_parser("bayes", help="Bayesian template-fitting photo-z (grid, MCMC, VI) for flagged rows")
+    bys = by.add_subparsers(dest="bayes_command", required=True)
+    br = bys.add_parser("run", help="posteriors for the rows with ood_flag set (or --where), all rows kept",
+                        description="Fits the selected rows with the chosen method on Spark and writes every input "
+                                    "row once, with bayes_* columns, z_adopted/pdf_adopted and z_source.")
+    br.add_argument("--catalog", help="input catalog, typically the output of 'photoz predict' (+ OOD flags)")
+    br.add_argument("--out", help="output directory")
+    br.add_argument("--method", choices=("grid", "mcmc", "vi"), help="default: bayes.method")
+    br.add_argument("--where", help="Spark SQL predicate choosing the rows (default: bayes.where, else "
+                                    "bayes.flag_col), e.g. \"z_std > 0.3\"")
+    _common(br)
+    br.set_defaults(func=cmd_bayes_run)
+
+    ast = sub.add_parser("asteroids", help="asteroid taxonomy from LSST colours: fit, classify, evaluate")
+    asts = ast.add_subparsers(dest="asteroids_command", required=True)
+    af = asts.add_parser("fit", help="fit the semi-supervised GMM and the BIC clustering",
+                         description="Default training set: the space-classy spectra as LSST-like photometry. "
+                                     "Writes PipelineModels (JSON) under --out.")
+    af.add_argument("--out", required=True, help="model directory to write")
+    af.add_argument("--catalog", help="labelled catalog instead of the space-classy set (needs --label-col)")
+    af.add_argument("--label-col", help="column of class names in --catalog")
+    _common(af)
+    af.set_defaults(func=cmd_asteroids_fit)
+    ac = asts.add_parser("classify", help="class, probabilities, flags and unusual score for every row",
+                         description="Reads Parquet/HATS (asteroids.input: wide magnitudes or per-epoch "
+                                     "observations), writes Parquet plus a ranked list of unusual objects.")
+    ac.add_argument("--catalog", help="input catalog")
+    ac.add_argument("--model", required=True, help="model directory written by 'asteroids fit'")
+    ac.add_argument("--out", help="output directory")
+    ac.add_argument("--kind", choices=("semisupervised", "clustering"), default="semisupervised")
+    _common(ac)
+    ac.set_defaults(func=cmd_asteroids_classify)
+    ae = asts.add_parser("evaluate", help="held-out accuracy, confusion matrices, 10%%-label comparison, plots",
+                         description="Fits on a stratified split of the space-classy set and writes metrics.json "
+                                     "and PNG plots to --out.")
+    ae.add_argument("--out", required=True, help="directory for metrics.json and plots")
+    _common(ae)
+    ae.set_defaults(func=cmd_asteroids_evaluate)
+
+    oo = sub.add_parser("ood", help="DCP out-of-distribution scores: fit, score, evaluate")
+    oos = oo.add_subparsers(dest="ood_command", required=True)
+    f = oos.add_parser("fit", help="train the two DCP networks on labelled and unlabelled catalogs",
+                       description="Three training stages (Lee & Shin 2022) on labelled galaxies plus an "
+                                   "unlabelled region; writes a model directory (safetensors + manifest). "
+                                   "Defaults: the cosmoDC2 training file and the embedded region.")
+    f.add_argument("--labelled", help="catalog with spectroscopic redshifts (default: cosmoDC2 training file)")
+    f.add_argument("--unlabelled", help="catalog of the region to score (default: the embedded region)")
+    f.add_argument("--out", required=True, help="model directory to write")
+    _common(f)
+    f.set_defaults(func=cmd_ood_fit)
+    sc = oos.add_parser("score", help="add ood_score, ood_flag, ood_tercile and photo-z to every row")
+    sc.add_argument("--catalog", help="input catalog (Parquet, HATS, FITS, DESC HDF5)")
+    sc.add_argument("--model", help="DCP model directory (default: the shipped model)")
+    sc.add_argument("--out", help="output directory")
+    _common(sc)
+    sc.set_defaults(func=cmd_ood_score)
+    oe = oos.add_parser("evaluate", help="ROC-AUC, PR-AUC, accuracy, F1.5 against synthetic stars, quasars and "
+                                         "z > 3.1 galaxies; catastrophic fraction per score tercile; PNG")
+    oe.add_argument("--model", help="DCP model directory (default: the shipped model)")
+    oe.add_argument("--out", required=True, help="directory for ood_metrics.json and the histogram PNG")
+    _common(oe)
+    oe.set_defaults(func=cmd_ood_evaluate)
 
     d = sub.add_parser("demo", help="the main job: photo-z for cosmoDC2 and a synthetic 10^6-row LSST catalog",
                        description="Predicts, evaluates and plots with the shipped model on the embedded default "

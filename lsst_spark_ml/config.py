@@ -104,7 +104,7 @@ class TrainSettings:
 @dataclass
 class OODSettings:
     """DCP out-of-distribution scoring (Lee & Shin 2022); network shape and bins come from ``model``."""
-    margin: float = 4.1                 # the paper's m, just under ln 64 = 4.159
+    margin: float | None = None         # None: ln(model.n_bins) - 0.059, the paper's 4.1 for 64 bins
     gamma: float = 0.0                  # anchor-loss gamma of both networks
     check_every: int = 200              # steps between validation checks (the paper's 200)
     ts1_patience: int = 10              # checks without improvement before TS2 (the paper's 10)
@@ -137,6 +137,75 @@ class OutputSettings:
 
 
 @dataclass
+class BayesSettings:
+    """Bayesian template-fitting follow-up of flagged rows (lsst_spark_ml.bayes; ``lsst-spark-ml bayes run``)."""
+    method: str = "vi"                 # grid | mcmc | vi
+    where: str | None = None           # Spark SQL predicate choosing the rows; None: the flag_col column
+    flag_col: str = "ood_flag"
+    templates: list[str] = field(default_factory=lambda: [
+        "El_B2004a", "Sbc_B2004a", "Scd_B2004a", "Im_B2004a", "SB3_B2004a", "SB2_B2004a"])
+    template_dir: str | None = None    # None: pz-rail-base's estimation_data/data/SED
+    filter_prefix: str = "lsst2023"    # speclite filter family: {prefix}-{band}
+    z_min: float = 0.0
+    z_max: float = 3.1
+    dz: float = 0.002                  # fine grid the model fluxes are tabulated on (linear in between)
+    n_interp: int = 3                  # grid method: template-mixture nodes between adjacent templates
+    flux_err_floor: float = 0.03       # fractional error added in quadrature: template mismatch
+    prior: str = "bpz-hdfn"            # bpz-hdfn | flat
+    prior_band: str = "i"
+    batch_size: int = 256              # objects advanced together by one array operation
+    seed: int = 1234
+    mcmc_walkers: int = 16
+    mcmc_burn: int = 150
+    mcmc_steps: int = 250
+    mcmc_rhat_max: float = 1.1
+    mcmc_min_ess: float = 100.0
+    vi_components: int = 3
+    vi_steps: int = 60
+    vi_samples: int = 8
+    vi_lr: float = 0.08
+    threads: int | None = None         # torch threads per task; None: the task's cores
+
+
+@dataclass
+class AsteroidSettings:
+    """Asteroid taxonomy (issue 7; lsst_spark_ml.asteroids, ``lsst-spark-ml asteroids``)."""
+    bands: list[str] = field(default_factory=lambda: ["g", "r", "i", "z", "y"])
+    system: str = "lsst"               # lsst | sdss (solar colours and filter curves; sdss: Roh et al. griz)
+    reference_band: str = "r"          # model colours are relative to it (a missing one is still handled)
+    input: str = "wide"                # wide: one row per asteroid | observations: one row per epoch
+    id_col: str = "id"
+    mag_col: str = "mag_{band}"        # wide input
+    err_col: str = "err_{band}"
+    obs_band_col: str = "band"         # observations input
+    obs_mag_col: str = "mag"
+    obs_err_col: str = "mag_err"
+    obs_r_col: str | None = None       # heliocentric distance (au), to reduce magnitudes to unit distances
+    obs_delta_col: str | None = None   # observer distance (au)
+    obs_phase_col: str | None = None   # phase angle (deg)
+    phase_slope: float = 0.04          # mag/deg, shared by all bands
+    label_col: str = "class_"          # space-classy label: class_ (Mahlke 2022) | class_previous
+    level: str = "seven"               # seven (C D K L S V X) | complex (C D S V X): the classes fitted
+    components_per_class: int = 2
+    k_min: int = 2                     # AsteroidClustering: components tried, best by BIC
+    k_max: int = 8
+    max_iter: int = 100
+    tol: float = 1e-5                  # per-row change of the log-likelihood that stops EM
+    reg_covar: float = 1e-5
+    min_probability: float = 0.5       # below: LOW_PROBABILITY (clustering: "unassigned")
+    unusual_threshold: float = 3.0     # unusual score (-log10 chi2 tail) above which UNUSUAL is set
+    n_unusual: int = 100               # rows in the ranked list of unusual objects
+    # The labelled set's LSST-like photometry (spectra.simulate_observations) and the evaluation split.
+    sim_r_min: float = 18.0            # apparent r, uniform
+    sim_r_max: float = 22.0
+    sim_mean_epochs: float = 30.0      # per band over the survey (Poisson)
+    sim_max_amplitude: float = 0.15    # lightcurve semi-amplitude, uniform in [0, this] (0.3 mag peak to peak)
+    test_fraction: float = 0.3
+    label_fraction: float = 0.1        # semi-supervised versus clustering comparison: labels kept
+    seed: int = 2022
+
+
+@dataclass
 class Config:
     spark: SparkSettings = field(default_factory=SparkSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
@@ -146,6 +215,8 @@ class Config:
     ood: OODSettings = field(default_factory=OODSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    asteroids: AsteroidSettings = field(default_factory=AsteroidSettings)
+    bayes: BayesSettings = field(default_factory=BayesSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,12 +280,65 @@ class Config:
         if not 0 < self.train.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
         self._validate_ood()
+        self._validate_bayes()
+        self._validate_asteroids()
         return self
+
+    def _validate_asteroids(self) -> None:
+        a = self.asteroids
+        if a.system not in ("lsst", "sdss"):
+            raise ConfigError(f"asteroids.system must be lsst|sdss, got {a.system!r}")
+        allowed = "ugrizy" if a.system == "lsst" else "ugriz"
+        bad = [b for b in a.bands if b not in allowed]
+        if bad or len(set(a.bands)) != len(a.bands) or not 2 <= len(a.bands) <= 8:
+            raise ConfigError(f"asteroids.bands must be 2-8 distinct {a.system} bands ({', '.join(allowed)}), "
+                              f"got {a.bands}")
+        if a.reference_band not in a.bands:
+            raise ConfigError(f"asteroids.reference_band {a.reference_band!r} is not in asteroids.bands {a.bands}")
+        if a.input not in ("wide", "observations"):
+            raise ConfigError(f"asteroids.input must be wide|observations, got {a.input!r}")
+        if a.level not in ("seven", "complex"):
+            raise ConfigError(f"asteroids.level must be seven|complex, got {a.level!r}")
+        if a.label_col not in ("class_", "class_previous"):
+            raise ConfigError(f"asteroids.label_col must be class_|class_previous, got {a.label_col!r}")
+        if a.components_per_class < 1 or not 1 <= a.k_min <= a.k_max or a.max_iter < 1:
+            raise ConfigError("asteroids needs components_per_class >= 1, 1 <= k_min <= k_max, max_iter >= 1")
+        if not 0 < a.test_fraction < 1 or not 0 < a.label_fraction <= 1 or not 0 <= a.min_probability < 1:
+            raise ConfigError("asteroids.test_fraction in (0, 1), label_fraction in (0, 1], min_probability in [0, 1)")
+        if a.sim_r_max <= a.sim_r_min or a.sim_mean_epochs <= 0 or a.tol <= 0 or a.reg_covar < 0:
+            raise ConfigError("asteroids needs sim_r_max > sim_r_min, sim_mean_epochs > 0, tol > 0, reg_covar >= 0")
+
+    def _validate_bayes(self) -> None:
+        b = self.bayes
+        if b.method not in ("grid", "mcmc", "vi"):
+            raise ConfigError(f"bayes.method must be grid|mcmc|vi, got {b.method!r}")
+        if b.prior not in ("bpz-hdfn", "flat"):
+            raise ConfigError(f"bayes.prior must be bpz-hdfn|flat, got {b.prior!r}")
+        if not (b.z_max > b.z_min >= 0) or not 0 < b.dz < (b.z_max - b.z_min) / 10:
+            raise ConfigError(f"bayes needs 0 <= z_min < z_max and 0 < dz < (z_max - z_min)/10, got "
+                              f"[{b.z_min}, {b.z_max}], dz={b.dz}")
+        if len(b.templates) < 2:
+            raise ConfigError(f"bayes.templates needs at least two templates to interpolate, got {b.templates}")
+        if b.prior_band not in self.catalog.bands:
+            raise ConfigError(f"bayes.prior_band {b.prior_band!r} is not in catalog.bands {self.catalog.bands}")
+        if b.mcmc_walkers < 4 or b.mcmc_walkers % 2 or b.mcmc_steps < 10 or b.mcmc_burn < 0:
+            raise ConfigError("bayes.mcmc_walkers must be an even number >= 4, bayes.mcmc_steps >= 10, "
+                              "bayes.mcmc_burn >= 0")
+        if b.vi_components < 1 or b.vi_steps < 1 or b.vi_samples < 1 or not b.vi_lr > 0:
+            raise ConfigError("bayes.vi_components, vi_steps, vi_samples and vi_lr must be positive")
+        if b.batch_size < 1 or b.n_interp < 0 or b.flux_err_floor < 0:
+            raise ConfigError("bayes.batch_size must be positive, bayes.n_interp and flux_err_floor >= 0")
+        if b.threads is not None and b.threads < 1:
+            raise ConfigError(f"bayes.threads must be a positive integer or null, got {b.threads}")
+
+    def ood_margin(self) -> float:
+        import math
+        return self.ood.margin if self.ood.margin is not None else math.log(self.model.n_bins) - 0.059
 
     def _validate_ood(self) -> None:
         import math
         o = self.ood
-        if not 0 < o.margin < math.log(self.model.n_bins):
+        if o.margin is not None and not 0 < o.margin < math.log(self.model.n_bins):
             raise ConfigError(f"ood.margin must be in (0, ln model.n_bins = {math.log(self.model.n_bins):.3f}), "
                               f"got {o.margin}")
         if min(o.check_every, o.ts1_patience, o.ts2_patience, o.ts3_patience, o.max_checks_per_stage) < 1:

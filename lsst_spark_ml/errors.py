@@ -15,3 +15,7 @@ class CatalogError(LsstSparkMLError, ValueError):
 
 class ModelIntegrityError(LsstSparkMLError):
     """A model directory does not match its manifest (tampered, truncated or incomplete)."""
+
+
+class TemplateCoverageError(LsstSparkMLError, ValueError):
+    """SED templates or filter curves do not cover the redshift range a Bayesian photo-z job asks for."""

@@ -17,6 +17,9 @@ echo "[bootstrap] installing lsst_spark_ml into .venv/ (first run builds the pys
 # Real cosmoDC2 photometry (training/validation files) ships inside this data package;
 # --no-deps because we only read its files, its own dependency tree is large and unused.
 .venv/bin/python -m pip install -q --no-deps "pz-rail-base==2.0.11" >&2
+# Real asteroid reflectance spectra with taxonomic classes (Mahlke et al. 2022) ship inside space-classy;
+# --no-deps for the same reason: its tree pulls tensorflow, and we only read its data files.
+.venv/bin/python -m pip install -q --no-deps "space-classy==0.8.8" >&2
 # The Horovod training backend: Horovod 0.28.1 must be built from source for this torch (see the script).
 # A failed build does not stop the rest: the Horovod tests fail and quote .venv/horovod-build.log.
 if [[ "${LSST_SPARK_ML_SKIP_HOROVOD:-0}" != "1" ]]; then

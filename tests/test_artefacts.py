@@ -17,7 +17,7 @@ def test_manifest_describes_the_model(tiny_model):
     assert man["architecture"]["n_members"] == 2
     assert len(man["scaler"]["min"]) == len(man["feature_names"])
     assert man["training_data"]["sha256"] and man["metrics"]["z_mean"]["n"] > 0
-    assert set(man["files"]) == {"weights.safetensors"}
+    assert set(man["files"]) == {"weights.safetensors", "training_log.json"}   # the log is pinned too
 
 
 def test_tampered_weights_are_refused(tiny_model, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import pandas as pd
 import pyarrow as pa
 
 from lsst_spark_ml.config import InferenceSettings
@@ -72,3 +73,25 @@ def output_schema(input_schema, with_photoz: bool = True, with_pdf: bool = True)
     else:
         rest = [T.StructField("model_sha256", T.StringType(), True)]
     return T.StructType(list(input_schema.fields) + ood + rest)
+
+
+def spark_struct(with_pdf: bool = True):
+    from pyspark.sql import types as T
+    return T.StructType([f for f in output_schema(T.StructType([]), True, with_pdf).fields])
+
+
+def dcp_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings, with_pdf: bool = True):
+    """An iterator pandas UDF returning the OOD + photo-z struct; call it on ``cols.inputs`` columns."""
+    from pyspark.sql.functions import pandas_udf
+    names = cols.inputs
+
+    @pandas_udf(spark_struct(with_pdf))
+    def ood_dcp(it: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
+        pred = _predictor(model, inf)
+        for series in it:
+            frame = dict(zip(names, series))
+            values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
+            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
+            out = {**ood_arrow_columns(res), **arrow_columns(res, pred.sha256, pred.n_bins, with_pdf)}
+            yield pa.table(out).to_pandas()
+    return ood_dcp

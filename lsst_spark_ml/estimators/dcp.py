@@ -27,7 +27,8 @@ MODEL_SUBDIR = "model"
 
 def _local(path: str) -> str:
     if "://" in path and not path.startswith("file:"):
-        raise ValueError(f"{path}: DCP models are saved to local or mounted paths (e.g. /dbfs/...), not {path.split(':')[0]}")
+        raise ValueError(f"{path}: DCP models are saved to local or mounted paths (e.g. /dbfs/...), "
+                         f"not {path.split(':')[0]}")
     return path.removeprefix("file://").removeprefix("file:")
 
 
@@ -41,7 +42,8 @@ class _DCPParams(HasLabelCol, HasSeed):
     nBins = Param(Params._dummy(), "nBins", "redshift bins", TypeConverters.toInt)
     zMax = Param(Params._dummy(), "zMax", "upper edge of the last redshift bin", TypeConverters.toFloat)
     hidden = Param(Params._dummy(), "hidden", "hidden layer widths of each network", TypeConverters.toListInt)
-    margin = Param(Params._dummy(), "margin", "discrepancy-loss margin m (< ln nBins)", TypeConverters.toFloat)
+    margin = Param(Params._dummy(), "margin", "discrepancy-loss margin m (< ln nBins; unset: ln nBins - 0.059)",
+                   TypeConverters.toFloat)
     checkEvery = Param(Params._dummy(), "checkEvery", "steps between validation checks", TypeConverters.toInt)
     ts1Patience = Param(Params._dummy(), "ts1Patience", "checks without improvement before TS2",
                         TypeConverters.toInt)
@@ -74,7 +76,7 @@ class _DCPParams(HasLabelCol, HasSeed):
         self._setDefault(labelCol="redshift", seed=c.train.seed, bands=list(c.catalog.bands),
                          photometry=c.catalog.photometry, fluxCol=c.catalog.flux_col,
                          fluxErrCol=c.catalog.flux_err_col, magCol=c.catalog.mag_col, magErrCol=c.catalog.mag_err_col,
-                         nBins=c.model.n_bins, zMax=c.model.z_max, hidden=list(c.model.hidden), margin=c.ood.margin,
+                         nBins=c.model.n_bins, zMax=c.model.z_max, hidden=list(c.model.hidden),
                          checkEvery=c.ood.check_every, ts1Patience=c.ood.ts1_patience,
                          ts2Patience=c.ood.ts2_patience, ts3Patience=c.ood.ts3_patience,
                          maxChecksPerStage=c.ood.max_checks_per_stage, batchSize=c.ood.batch_size,
@@ -91,7 +93,8 @@ class _DCPParams(HasLabelCol, HasSeed):
                         "mag_err_col": g(self.magErrCol), "truth_col": g(self.labelCol)},
             "model": {"n_bins": g(self.nBins), "z_max": g(self.zMax), "hidden": g(self.hidden)},
             "train": {"seed": g(self.seed), "backend": g(self.backend), "num_processes": g(self.numProcesses)},
-            "ood": {"margin": g(self.margin), "check_every": g(self.checkEvery), "ts1_patience": g(self.ts1Patience),
+            "ood": {"margin": g(self.margin) if self.isDefined(self.margin) else None,
+                    "check_every": g(self.checkEvery), "ts1_patience": g(self.ts1Patience),
                     "ts2_patience": g(self.ts2Patience), "ts3_patience": g(self.ts3Patience),
                     "max_checks_per_stage": g(self.maxChecksPerStage), "batch_size": g(self.batchSize),
                     "unlabelled_batch_size": g(self.unlabelledBatchSize), "flag_quantile": g(self.flagQuantile),
@@ -124,7 +127,7 @@ class DCPEstimator(Estimator, _DCPParams, DefaultParamsReadable, DefaultParamsWr
                   photometry=cfg.catalog.photometry, fluxCol=cfg.catalog.flux_col,
                   fluxErrCol=cfg.catalog.flux_err_col, magCol=cfg.catalog.mag_col, magErrCol=cfg.catalog.mag_err_col,
                   nBins=cfg.model.n_bins, zMax=cfg.model.z_max, hidden=list(cfg.model.hidden),
-                  margin=cfg.ood.margin, checkEvery=cfg.ood.check_every, ts1Patience=cfg.ood.ts1_patience,
+                  checkEvery=cfg.ood.check_every, ts1Patience=cfg.ood.ts1_patience,
                   ts2Patience=cfg.ood.ts2_patience, ts3Patience=cfg.ood.ts3_patience,
                   maxChecksPerStage=cfg.ood.max_checks_per_stage, batchSize=cfg.ood.batch_size,
                   unlabelledBatchSize=cfg.ood.unlabelled_batch_size, flagQuantile=cfg.ood.flag_quantile,
@@ -132,6 +135,8 @@ class DCPEstimator(Estimator, _DCPParams, DefaultParamsReadable, DefaultParamsWr
                   numProcesses=cfg.train.num_processes)
         if cfg.ood.cache_dir:
             est._set(cacheDir=cfg.ood.cache_dir)
+        if cfg.ood.margin is not None:
+            est._set(margin=cfg.ood.margin)
         est._base_config = cfg
         return est
 

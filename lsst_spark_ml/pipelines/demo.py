@@ -1,5 +1,6 @@
 """The main job on the embedded default: photo-z for the cosmoDC2 validation file and for a synthetic
-LSST-like catalog, each evaluated with plots. Later capabilities add their stages here.
+LSST-like catalog, each evaluated with plots; then the DCP out-of-distribution evaluation. Later capabilities
+add their stages here.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: str | None = None) -> dict:
+def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: str | None = None,
+        dcp_dir: str | None = None) -> dict:
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"output": str(out_dir), "stages": {}}
@@ -49,6 +51,15 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
                                       "predict_seconds": round(t_pred, 1),
                                       "rows_per_second": round(n_synthetic / t_pred) if t_pred else None,
                                       "metrics": ev}
+    if dcp_dir is not None:
+        from . import ood
+        t = time.time()
+        _log("OOD: DCP scores of held-out cosmoDC2 galaxies against synthetic stars, quasars, z > 3.1 galaxies")
+        ev = ood.evaluate(spark, cfg, dcp_dir, str(out_dir / "ood"))
+        summary["ood"] = {"seconds": round(time.time() - t, 1), "roc_auc": {k: v["roc_auc"] for k, v in
+                                                                             ev["kinds"].items()},
+                          "catastrophic_by_tercile": ev["catastrophic_terciles"]["fraction"],
+                          "galaxies_flagged": ev["galaxies_flagged"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
     print("\nlsst_spark_ml demo: photo-z with the shipped MBRNN ensemble", file=sys.stderr)
@@ -58,6 +69,12 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
         m, p = st["metrics"]["z_median"], st["metrics"]["pdf"]
         print(f"{name:<16}{st['rows']:>10,}{m['sigma_nmad']:>12.4f}{m['catastrophic_fraction']:>10.4f}"
               f"{m['point_bias']:>10.4f}{p['pit_ks']:>9.3f}", file=sys.stderr)
+    if "ood" in summary:
+        o = summary["ood"]
+        print("\nOut-of-distribution (DCP): ROC-AUC against cosmoDC2 galaxies " +
+              ", ".join(f"{k} {v:.3f}" for k, v in o["roc_auc"].items()) +
+              "; catastrophic photo-z fraction by score tercile " +
+              " / ".join(f"{f:.3f}" for f in o["catastrophic_by_tercile"]), file=sys.stderr)
     print(f"\nOutputs, metrics and plots: {out_dir}", file=sys.stderr)
     print(str(out_dir))
     return summary

@@ -125,6 +125,7 @@ def train_dcp(X_tr: torch.Tensor, y_tr: torch.Tensor, X_val: torch.Tensor, y_val
     def clip():
         torch.nn.utils.clip_grad_norm_(pair.parameters(), ts.grad_clip)
 
+    margin = cfg.ood_margin()
     lab = _labelled_batches(X_tr, y_tr, o.batch_size, ts.seed, rank, world)
     ul = unlabelled.batches(o.unlabelled_batch_size, ts.seed, rank, world)
     stage, step, checks, stale = 1, 0, 0, 0
@@ -143,7 +144,7 @@ def train_dcp(X_tr: torch.Tensor, y_tr: torch.Tensor, X_val: torch.Tensor, y_val
         n = len(x)
         loss = anchor_loss(he[:n], y, o.gamma) + anchor_loss(le[:n], y, o.gamma)
         if use_ul:
-            loss = loss + discrepancy_loss(he[n:], le[n:], o.margin)
+            loss = loss + discrepancy_loss(he[n:], le[n:], margin)
         opt.zero_grad()
         loss.backward()
         if ctx is not None:

@@ -1,0 +1,189 @@
+"""Bayesian photo-z: model grid, bad input, agreement of MCMC and VI with the exact grid, the Spark stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lsst_spark_ml.config import LSST_1SIGMA_LIMITS, BayesSettings, load_config
+from lsst_spark_ml.errors import CatalogError, ConfigError, TemplateCoverageError
+
+BANDS = list("ugrizy")
+EDGES = np.linspace(0.0, 3.1, 65)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from lsst_spark_ml.bayes.posterior import Model
+    from lsst_spark_ml.bayes.templates import build_model_grid
+    s = BayesSettings(mcmc_burn=100, mcmc_steps=150)
+    return Model(build_model_grid(s, BANDS), s)
+
+
+@pytest.fixture(scope="module")
+def sample(model):
+    from lsst_spark_ml.bayes.synthetic import draw_objects
+    return draw_objects(model, 60, seed=7)
+
+
+@pytest.fixture(scope="module")
+def fits(model, sample):
+    from lsst_spark_ml.bayes.fit import fit
+    flux, err, _, _ = sample
+    return {m: fit(model, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, m, EDGES, keep_raw=True)
+            for m in ("grid", "mcmc", "vi")}
+
+
+def _agree(a, g):
+    return np.abs(a - g) / (1 + g)
+
+
+def test_igm_transmission_is_physical():
+    from lsst_spark_ml.bayes.igm import transmission
+    lam = np.linspace(3000, 11000, 500)
+    t2, t3 = transmission(2.0, lam), transmission(3.0, lam)
+    assert np.all(t2[lam > 1216 * 3.0 + 1] == 1.0)            # no absorption redward of Lyman alpha
+    assert t3[lam < 1216 * 4.0].max() < 1.0 and t3.min() >= 0
+    assert np.all(t3 <= t2 + 1e-12)                             # more HI towards the more distant source
+
+
+def test_model_grid_normalised_and_sane(model):
+    g = model.grid
+    assert g.flux.shape == (1551, 6, 6)
+    np.testing.assert_allclose(g.flux[:, :, BANDS.index("i")], 1.0)
+    # The elliptical is redder in g - r than the starburst at z = 0.5 (the 4000 A break in g/r).
+    c = -2.5 * np.log10(g.flux[250, :, 1] / g.flux[250, :, 2])
+    assert c[0] > c[-1] + 0.5
+
+
+def test_templates_not_covering_the_range_fail_at_start(tmp_path):
+    from lsst_spark_ml.bayes.templates import build_model_grid
+    wave = np.arange(3000.0, 9000.0, 10.0)
+    for name in ("A", "B"):
+        np.savetxt(tmp_path / f"{name}.sed", np.column_stack([wave, np.ones_like(wave)]))
+    s = BayesSettings(templates=["A", "B"], template_dir=str(tmp_path))
+    with pytest.raises(TemplateCoverageError, match="covers 3000-8990 A"):
+        build_model_grid(s, BANDS)
+    with pytest.raises(TemplateCoverageError, match="not in speclite"):
+        build_model_grid(BayesSettings(filter_prefix="nosuchcam"), BANDS)
+    with pytest.raises(TemplateCoverageError, match="does not exist"):
+        build_model_grid(BayesSettings(templates=["El_B2004a", "NoSuch"]), BANDS)
+
+
+def test_config_validates_bayes():
+    with pytest.raises(ConfigError, match="bayes.method"):
+        load_config(overrides={"bayes": {"method": "hmc"}})
+    with pytest.raises(ConfigError, match="mcmc_walkers"):
+        load_config(overrides={"bayes": {"mcmc_walkers": 5}})
+    assert load_config(["conf/bayes.yaml"]).bayes.method == "vi"
+
+
+@pytest.mark.parametrize("method", ["grid", "mcmc", "vi"])
+def test_all_missing_object_gives_flagged_empty_row(model, method):
+    from lsst_spark_ml.bayes.fit import NO_DATA, fit
+    mags = np.array([[np.nan] * 6, [22.0, 21.5, 21.0, 20.8, 20.7, 20.6]])
+    errs = np.array([[np.nan] * 6, [0.05] * 6])
+    res = fit(model, mags, errs, "mag", BANDS, LSST_1SIGMA_LIMITS, method, EDGES).columns
+    assert res["flags"][0] & NO_DATA and not res["flags"][1] & NO_DATA
+    assert np.isnan(res["z_median"][0]) and np.isnan(res["pdf"][0]).all()
+    assert np.isfinite(res["z_median"][1]) and abs(res["pdf"][1].sum() - 1) < 1e-3
+
+
+def test_nondetection_is_a_flux_measurement():
+    from lsst_spark_ml.bayes.likelihood import mag_to_njy, to_fluxes
+    d = to_fluxes(np.array([[99.0, 24.0, np.nan, 23.0, 23.0, 23.0]]), np.array([[99.0, 0.1, np.nan, .1, .1, .1]]),
+                  "mag", BANDS, LSST_1SIGMA_LIMITS, "i")
+    assert d.flux[0, 0] == 0 and np.isclose(1 / np.sqrt(d.weight[0, 0]), mag_to_njy(LSST_1SIGMA_LIMITS["u"]))
+    assert d.weight[0, 2] == 0 and d.n_used[0] == 5
+
+
+def test_grid_recovers_the_truth(fits, sample):
+    z_true = sample[2]
+    g = fits["grid"].columns
+    assert np.mean(_agree(g["z_median"], z_true) < 0.1) >= 0.9
+    inside = (z_true >= g["z_lo95"]) & (z_true <= g["z_hi95"])
+    assert inside.mean() >= 0.85
+
+
+def test_mcmc_agrees_with_grid(fits):
+    g, m = fits["grid"].columns, fits["mcmc"].columns
+    d = _agree(m["z_median"], g["z_median"])
+    assert np.mean(d < 0.01) >= 0.85, np.sort(d)[-10:]
+    assert np.mean(d < 0.05) >= 0.95
+    assert np.isfinite(m["rhat"]).all() and np.isfinite(m["ess"]).all()
+    assert np.median(m["rhat"]) < 1.1
+
+
+def test_vi_agrees_with_grid_loosely(fits):
+    g, v = fits["grid"].columns, fits["vi"].columns
+    d = _agree(v["z_median"], g["z_median"])
+    assert np.mean(d < 0.05) >= 0.8, np.sort(d)[-10:]
+    assert np.isfinite(v["elbo"]).all()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 target not met yet: the VI median is within 0.01(1+z) of "
+                                       "the grid for ~76-80% of objects, not 95% (scripts/evaluate_bayes.py)")
+def test_vi_meets_the_issue_target(fits):
+    g, v = fits["grid"].columns, fits["vi"].columns
+    assert np.mean(_agree(v["z_median"], g["z_median"]) < 0.01) >= 0.95
+
+
+def _catalog(n=24):
+    from helpers import load_dc2
+    v, e, z, ids = load_dc2("validation", n)
+    df = pd.DataFrame({"id": ids.astype(np.int64), "redshift": z})
+    for k, b in enumerate(BANDS):
+        df[f"mag_{b}_lsst"] = v[:, k]
+        df[f"mag_err_{b}_lsst"] = e[:, k]
+    df.loc[0, [f"mag_{b}_lsst" for b in BANDS]] = np.nan       # every band missing
+    df.loc[0, [f"mag_err_{b}_lsst" for b in BANDS]] = np.nan
+    df["ood_flag"] = np.arange(n) % 3 == 0                     # row 0 is flagged too
+    return df
+
+
+def test_spark_stage_keeps_every_row_once(spark, model):
+    from lsst_spark_ml.io.columns import resolve_columns, spark_schema_dict
+    from lsst_spark_ml.pipelines.bayes import transform
+    cfg = load_config(overrides={"bayes": {"method": "grid"}})
+    df = spark.createDataFrame(_catalog())
+    cols = resolve_columns(spark_schema_dict(df), cfg.catalog)
+    out, described = transform(spark, df, cols, cfg, EDGES, grid=model.grid)
+    rows = out.toPandas().sort_values("id")
+    assert len(rows) == 24 and rows["id"].is_unique and described == "ood_flag is true"
+    flagged = rows[rows["ood_flag"]]
+    assert (rows.loc[~rows["ood_flag"], "z_source"] == "none").all()        # no network columns in input
+    assert (flagged["z_source"] == "grid").sum() == 7 and (flagged["bayes_flags"] == 1).sum() == 1
+    good = flagged[flagged["z_source"] == "grid"]
+    assert np.allclose([np.sum(p) for p in good["bayes_pdf"]], 1.0, atol=1e-3)
+    assert (good["z_adopted"] == good["bayes_z_median"]).all()
+
+
+def test_cli_bayes_run_keeps_network_answers(spark, tmp_path, model):
+    from lsst_spark_ml.cli import default_model_dir, main
+    from lsst_spark_ml.inference.photoz import PhotozPredictor
+    pdf = _catalog(30).drop(columns=["ood_flag"])
+    pred = PhotozPredictor.load(default_model_dir()).predict(
+        pdf[[f"mag_{b}_lsst" for b in BANDS]].to_numpy(), pdf[[f"mag_err_{b}_lsst" for b in BANDS]].to_numpy(), "mag")
+    for c in ("z_median", "z_lo68", "z_hi68", "z_std"):
+        pdf[c] = pred[c]
+    pdf["pdf"] = list(pred["pdf"])
+    src = tmp_path / "in.parquet"
+    pdf.to_parquet(src)
+    out = tmp_path / "out"
+    with pytest.raises(CatalogError, match="no 'ood_flag' column"):
+        from lsst_spark_ml.pipelines.bayes import run
+        run(spark, load_config(), str(src), str(out))
+    rc = main(["bayes", "run", "--catalog", str(src), "--out", str(out), "--method", "vi",
+               "--where", "z_std > 0.2 OR z_median IS NULL", "--set", "bayes.vi_steps=20"])
+    assert rc == 0
+    res = pd.read_parquet(out)
+    assert len(res) == 30 and res["id"].is_unique
+    sel = (res["z_std"] > 0.2) | res["z_median"].isna()
+    assert set(res.loc[~sel, "z_source"]) <= {"network", "none"}
+    assert np.allclose(res.loc[res["z_source"] == "network", "z_adopted"],
+                       res.loc[res["z_source"] == "network", "z_median"])
+    assert set(res.loc[sel & res["bayes_z_median"].notna(), "z_source"]) <= {"vi"}
+    meta = json.loads((out / "_bayes_meta.json").read_text())
+    assert meta["rows_written"] == 30 and meta["method"] == "vi"
