@@ -23,6 +23,11 @@ def default_dcp_dir() -> Path:
     return Path(__file__).resolve().parent / "resources" / "models" / "dcp_dc2"
 
 
+def default_asteroid_dir() -> Path:
+    """The asteroid mixtures shipped inside the package (fitted by ``lsst-spark-ml asteroids fit``)."""
+    return Path(__file__).resolve().parent / "resources" / "models" / "asteroids_classy"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", action="append", default=[], metavar="YAML",
                    help="configuration file (repeatable; later files win)")
@@ -122,7 +127,7 @@ def cmd_asteroids_classify(args) -> int:
     if not catalog or not out:
         raise LsstSparkMLError("asteroids classify needs --catalog and --out (or catalog.path / output.path in conf)")
     spark = _spark(cfg)
-    meta = asteroids.classify(spark, cfg, catalog, args.model, out, kind=args.kind)
+    meta = asteroids.classify(spark, cfg, catalog, args.model or str(default_asteroid_dir()), out, kind=args.kind)
     print(json.dumps(meta, indent=2))
     return 0
 
@@ -172,9 +177,10 @@ def cmd_demo(args) -> int:
     cfg = _config(args)
     out = args.out or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     spark = _spark(cfg)
-    dcp = default_dcp_dir()
+    dcp, ast = default_dcp_dir(), default_asteroid_dir()
     demo.run(spark, cfg, out, n_synthetic=args.rows, model_dir=args.model or str(default_model_dir()),
-             dcp_dir=str(dcp) if (dcp / "manifest.json").exists() else None)
+             dcp_dir=str(dcp) if (dcp / "manifest.json").exists() else None,
+             asteroid_dir=str(ast) if (ast / "semisupervised").exists() else None)
     return 0
 
 
@@ -249,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Reads Parquet/HATS (asteroids.input: wide magnitudes or per-epoch "
                                      "observations), writes Parquet plus a ranked list of unusual objects.")
     ac.add_argument("--catalog", help="input catalog")
-    ac.add_argument("--model", required=True, help="model directory written by 'asteroids fit'")
+    ac.add_argument("--model", help="model directory written by 'asteroids fit' (default: the shipped model, "
+                                    "fitted on the space-classy set)")
     ac.add_argument("--out", help="output directory")
     ac.add_argument("--kind", choices=("semisupervised", "clustering"), default="semisupervised")
     _common(ac)

@@ -79,6 +79,9 @@ class TrainSettings:
     num_processes: int = 2              # distributed backends: training processes
     use_gpu: bool = False               # torch-distributor: NCCL on GPUs (cluster mode)
     local_mode: bool = True             # torch-distributor: processes on the driver (True) or in barrier tasks
+    # BatchNorm statistics over the global batch (exact 1-vs-N equivalence). Off by default on CPU: with gloo
+    # its 16 small all-reduces per step cost as much as the second process saves (measured, README).
+    sync_batchnorm: bool = False
     checkpoint_dir: str | None = None   # None: <model dir>/_checkpoints; shared storage on a cluster
     keep_checkpoints: bool = False      # False: removed once the model directory is written
     data_loader: str = "memory"         # memory: arrays in each process | parquet: Spark -> Parquet cache

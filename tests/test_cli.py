@@ -308,6 +308,14 @@ def test_demo_end_to_end(tmp_path, tiny_model):
         assert meta["rows_in"] == meta["rows_written"]
         for name in PLOTS + ("metrics.json",):
             assert (printed / stage / "evaluation" / name).is_file(), (stage, name)
+    # The later stages, with the shipped DCP and asteroid models.
+    assert set(summary["ood"]["roc_auc"]) == {"star", "quasar", "highz_galaxy", "all"}
+    assert all(0.5 < v <= 1 for v in summary["ood"]["roc_auc"].values()), summary["ood"]
+    assert (printed / "ood" / "ood_score_histograms.png").is_file()
+    counts = summary["bayes"]["z_source_counts"]
+    assert sum(counts.values()) == 20449 and counts.get("network", 0) > 0.9 * 20449, counts
+    assert len(set(counts) - {"network"}) >= 1, "no row got a Bayesian answer"
+    assert summary["asteroids"]["rows"] > 2000 and summary["asteroids"]["complex_accuracy"] > 0.6
 
 
 # ----------------------------------------------------------------------------- the shipped model

@@ -13,7 +13,7 @@ from lsst_spark_ml.training.loop import fit
 
 def settings(**kw):
     from lsst_spark_ml.config import TrainSettings
-    return TrainSettings(**{"max_epochs": 3, "early_stop_patience": None, "lr": 3e-3, **kw})
+    return TrainSettings(**{"max_epochs": 3, "early_stop_patience": None, "lr": 3e-3, "sync_batchnorm": True, **kw})
 
 
 def data(n: int, seed: int = 0):

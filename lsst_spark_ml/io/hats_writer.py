@@ -206,3 +206,15 @@ def _read_footers(fs: pafs.FileSystem, dataset: str, files) -> list[tuple[str, p
 
 
 __all__ = ["BAD_COORD_HEALPIX29", "HEALPIX_COLUMN", "healpix29", "write_hats", "write_parquet"]
+
+
+def write_catalog(df, out_path: str, cols, output, n_in: int, source: str) -> dict:
+    """HATS when the catalog has coordinates, else Parquet; then the one-row-out-per-row-in check that every
+    catalog-writing stage makes (it cannot fail by construction, and is checked all the same)."""
+    if cols.has_coordinates:
+        written = write_hats(df, out_path, cols.ra_col, cols.dec_col, output.hats_order, output.mode)
+    else:
+        written = write_parquet(df, out_path, output.mode)
+    if written.get("n_rows") != n_in:
+        raise RuntimeError(f"{source}: {n_in} rows in, {written.get('n_rows')} rows written to {out_path}")
+    return written

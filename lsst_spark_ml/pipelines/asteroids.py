@@ -174,6 +174,19 @@ def classify(spark, cfg: Config, catalog: str, model_dir: str, out_path: str, ki
     return meta
 
 
+def demo(spark, cfg: Config, model_dir: str, out_dir: str) -> dict:
+    """The demo's stage: the labelled set observed again (another noise seed), written as a catalog and
+    classified with ``model_dir``; accuracy against the labels (objects the model was fitted on)."""
+    a = cfg.asteroids
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    cat = str(Path(out_dir) / "catalog")
+    labelled_frame(spark, a, seed=a.seed + 1).write.mode("overwrite").parquet(cat)
+    meta = classify(spark, cfg, cat, model_dir, str(Path(out_dir) / "classified"))
+    res = spark.read.parquet(str(Path(out_dir) / "classified"))
+    m = confusion_metrics(res, "complex", "asteroid_complex", list(COMPLEXES))
+    return {"rows": meta["rows_written"], "complex_accuracy": m["accuracy"], "unusual_list": meta["unusual_list"]}
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def confusion_metrics(df, true_col: str, pred_col: str, labels: list[str]) -> dict:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import CatalogError, TemplateCoverageError
-from ..io.hats_writer import write_hats, write_parquet, write_text
+from ..io.hats_writer import write_catalog, write_text
 from ..io.readers import filesystem, read_catalog_counted
 
 META_FILE = "_bayes_meta.json"
@@ -189,12 +189,7 @@ def run(spark, cfg: Config, catalog_path: str, out_path: str, method: str | None
     df, cols, n_in = read_catalog_counted(spark, catalog_path, cfg.catalog)
     out, described = transform(spark, df, cols, cfg, edges, method, where, grid)
     _log(f"Bayesian photo-z ({method}) for rows where {described} of {catalog_path} -> {out_path}")
-    if cols.has_coordinates:
-        written = write_hats(out, out_path, cols.ra_col, cols.dec_col, cfg.output.hats_order, cfg.output.mode)
-    else:
-        written = write_parquet(out, out_path, cfg.output.mode)
-    if written.get("n_rows") != n_in:
-        raise RuntimeError(f"{catalog_path}: {n_in} rows in, {written.get('n_rows')} rows written to {out_path}")
+    written = write_catalog(out, out_path, cols, cfg.output, n_in, str(catalog_path))
     from ..io.readers import read_table
     counts = {r["z_source"]: r["count"] for r in read_table(spark, out_path).groupBy("z_source").count().collect()}
     meta = {"catalog": str(catalog_path), "method": method, "selection": described, "bins": bins,

@@ -21,7 +21,7 @@ def _log(msg: str) -> None:
 
 
 def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: str | None = None,
-        dcp_dir: str | None = None) -> dict:
+        dcp_dir: str | None = None, asteroid_dir: str | None = None) -> dict:
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"output": str(out_dir), "stages": {}}
@@ -60,6 +60,24 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
                                                                              ev["kinds"].items()},
                           "catastrophic_by_tercile": ev["catastrophic_terciles"]["fraction"],
                           "galaxies_flagged": ev["galaxies_flagged"]}
+        t = time.time()
+        _log("Bayesian follow-up: OOD scores for the cosmoDC2 validation file, then template-fitting posteriors "
+             "for the flagged rows only")
+        scored = out_dir / "ood" / "dc2_validation_scored"
+        ood.score(spark, cfg, str(dc2_paths()["validation"]), dcp_dir, str(scored))
+        from . import bayes
+        bcfg = copy.deepcopy(cfg)
+        bcfg.catalog.photometry = "mag"
+        bm = bayes.run(spark, bcfg, str(scored), str(out_dir / "bayes"))
+        summary["bayes"] = {"seconds": round(time.time() - t, 1), "method": bm["method"],
+                            "z_source_counts": bm["z_source_counts"]}
+    if asteroid_dir is not None:
+        from . import asteroids
+        t = time.time()
+        _log("asteroids: the space-classy set re-observed with new LSST-like noise, classified by the shipped "
+             "semi-supervised mixture")
+        summary["asteroids"] = asteroids.demo(spark, cfg, asteroid_dir, str(out_dir / "asteroids"))
+        summary["asteroids"]["seconds"] = round(time.time() - t, 1)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
     print("\nlsst_spark_ml demo: photo-z with the shipped MBRNN ensemble", file=sys.stderr)
@@ -75,6 +93,13 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
               ", ".join(f"{k} {v:.3f}" for k, v in o["roc_auc"].items()) +
               "; catastrophic photo-z fraction by score tercile " +
               " / ".join(f"{f:.3f}" for f in o["catastrophic_by_tercile"]), file=sys.stderr)
+    if "bayes" in summary:
+        print(f"Bayesian follow-up ({summary['bayes']['method']}) of the flagged rows: adopted answers by source "
+              f"{summary['bayes']['z_source_counts']}", file=sys.stderr)
+    if "asteroids" in summary:
+        a = summary["asteroids"]
+        print(f"Asteroids: {a['rows']:,} classified, complex-level accuracy {a['complex_accuracy']:.3f} "
+              f"(objects seen in training, new noise)", file=sys.stderr)
     print(f"\nOutputs, metrics and plots: {out_dir}", file=sys.stderr)
     print(str(out_dir))
     return summary

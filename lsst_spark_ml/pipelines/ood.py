@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
-from ..io.hats_writer import write_hats, write_parquet, write_text
+from ..io.hats_writer import write_catalog, write_text
 from ..io.readers import filesystem, read_catalog, read_catalog_counted
 
 META_FILE = "_ood_meta.json"
@@ -49,12 +49,7 @@ def score(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str) 
                                                   ("magCol", "mag_col"), ("magErrCol", "mag_err_col"))})
     out = model.transform(df)
     _log(f"OOD scores for {catalog_path} with model {model.payload.sha256[:16]}... -> {out_path}")
-    if cols.has_coordinates:
-        written = write_hats(out, out_path, cols.ra_col, cols.dec_col, cfg.output.hats_order, cfg.output.mode)
-    else:
-        written = write_parquet(out, out_path, cfg.output.mode)
-    if written.get("n_rows") != n_in:
-        raise RuntimeError(f"{catalog_path}: {n_in} rows in, {written.get('n_rows')} rows written to {out_path}")
+    written = write_catalog(out, out_path, cols, cfg.output, n_in, str(catalog_path))
     meta = {"model_dir": str(model_dir), "model_sha256": model.payload.sha256, "thresholds": model.thresholds,
             "bins": model.manifest["bins"], "catalog": str(catalog_path), "rows_in": n_in,
             "rows_written": written.get("n_rows"), "seconds": round(time.time() - t0, 1)}

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import Config
 from ..errors import CatalogError
 from ..io.readers import filesystem, read_catalog, read_catalog_counted, read_table
-from ..io.hats_writer import write_text, write_hats, write_parquet
+from ..io.hats_writer import write_catalog, write_text
 
 META_FILE = "_photoz_meta.json"   # leading underscore: Spark and pyarrow skip it as data
 
@@ -71,13 +71,7 @@ def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str
     mapper = photoz_arrow_mapper(spark.sparkContext.broadcast(payload), cols, cfg.inference, cfg.output.write_pdf)
     out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf))
     _log(f"photo-z for {catalog_path} with model {sha[:16]}... -> {out_path}")
-    if cols.has_coordinates:
-        written = write_hats(out, out_path, cols.ra_col, cols.dec_col, cfg.output.hats_order, cfg.output.mode)
-    else:
-        written = write_parquet(out, out_path, cfg.output.mode)
-    if written.get("n_rows") != n_in:
-        # Cannot happen by construction (mapInArrow appends columns to each batch); checked all the same.
-        raise RuntimeError(f"{catalog_path}: {n_in} rows in, {written.get('n_rows')} rows written to {out_path}")
+    written = write_catalog(out, out_path, cols, cfg.output, n_in, str(catalog_path))
     meta = {"model_dir": str(model_dir), "model_sha256": sha, "bins": manifest["bins"], "bands": cat.bands,
             "catalog": str(catalog_path), "truth_col": cols.truth_col, "id_col": cols.id_col,
             "spark_master": spark.sparkContext.master,

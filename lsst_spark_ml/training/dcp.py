@@ -116,7 +116,8 @@ def train_dcp(X_tr: torch.Tensor, y_tr: torch.Tensor, X_val: torch.Tensor, y_val
     pair = DCPPair(X_tr.shape[1], ms.n_bins, ms.hidden)
     net = pair
     if ctx is not None:
-        to_cross_rank(pair, ctx.all_reduce_sum)
+        if ts.sync_batchnorm:
+            to_cross_rank(pair, ctx.all_reduce_sum)
         net = ctx.wrap_model(pair)
     opt = torch.optim.Adam(pair.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
     if ctx is not None:

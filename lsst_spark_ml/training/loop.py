@@ -2,11 +2,12 @@
 weights, early stopping, checkpoints and progress. Backends (training.backends) decide where it runs.
 
 Under a distributed backend the same loop runs in every process. The current ``DistContext`` wraps the
-model (DDP) or the optimiser (Horovod); BatchNorm statistics are taken over the global batch
-(``sync_batchnorm``), so N processes train the same model as one process on the same batches, up to
-floating-point reduction order. Every rank validates the same weights on the same data, so best-epoch,
-learning-rate and early-stopping decisions agree without extra messages. Rank 0 alone logs and writes
-checkpoints.
+model (DDP) or the optimiser (Horovod). By default each rank normalises with its own share of the batch
+(standard DDP) and takes rank 0's BatchNorm buffers before each validation; with ``train.sync_batchnorm``
+the statistics are taken over the global batch (``sync_batchnorm``), so N processes train the same model as
+one process on the same batches, up to floating-point reduction order. Every rank validates the same
+weights with the same buffers on the same data, so best-epoch, learning-rate and early-stopping decisions
+agree without extra messages. Rank 0 alone logs and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         model.load_state_dict(state["model"])
     net = model
     if ctx is not None:
-        to_cross_rank(model, ctx.all_reduce_sum)
+        if ts.sync_batchnorm:
+            to_cross_rank(model, ctx.all_reduce_sum)
         net = ctx.wrap_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
     if ctx is not None:
