@@ -30,7 +30,7 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
     cfg.catalog.truth_col = cfg.catalog.truth_col or "redshift"
 
     t = time.time()
-    _log("1/2 cosmoDC2 validation file (20,449 galaxies, DESC HDF5) -> photo-z -> evaluation")
+    _log("photo-z 1/2: cosmoDC2 validation file (20,449 galaxies, DESC HDF5) -> photo-z -> evaluation")
     dc2_out = out_dir / "dc2_validation"
     meta = photoz.predict(spark, cfg, str(dc2_paths()["validation"]), model_dir, str(dc2_out / "photoz"))
     ev = photoz.evaluate(spark, str(dc2_out / "photoz"), "redshift", str(dc2_out / "evaluation"), z_col="z_median")
@@ -38,7 +38,8 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
                                            "metrics": ev}
 
     t = time.time()
-    _log(f"2/2 synthetic LSST-like catalog ({n_synthetic:,} rows, nJy fluxes, Rubin naming) generated on Spark")
+    _log(f"photo-z 2/2: synthetic LSST-like catalog ({n_synthetic:,} rows, nJy fluxes, Rubin naming) "
+         "generated on Spark")
     syn_in = out_dir / "synthetic" / "catalog"
     synthetic_catalog(spark, n_synthetic).write.mode("overwrite").parquet(str(syn_in))
     t_gen = time.time() - t
