@@ -104,12 +104,11 @@ class _DCPParams(HasLabelCol, HasSeed):
         if base is None:
             return load_config(overrides=over)
         import copy
-        import dataclasses
         cfg = copy.deepcopy(base)
         for section, values in over.items():
             for k, v in values.items():
                 setattr(getattr(cfg, section), k, v)
-        return dataclasses.replace(cfg).validate()
+        return cfg.validate()
 
 
 class DCPEstimator(Estimator, _DCPParams, DefaultParamsReadable, DefaultParamsWritable):

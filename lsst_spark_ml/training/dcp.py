@@ -28,9 +28,9 @@ import torch
 
 from ..config import Config
 from ..models import DCPPair, anchor_loss, discrepancy, discrepancy_loss
-from .distributed import current
+from .distributed import current, prepare
 from .loop import parameter_digest
-from .sync_batchnorm import to_cross_rank, to_plain
+from .sync_batchnorm import to_plain
 
 
 @dataclass
@@ -114,14 +114,7 @@ def train_dcp(X_tr: torch.Tensor, y_tr: torch.Tensor, X_val: torch.Tensor, y_val
         raise ValueError(f"{len(X_tr)} labelled training rows, fewer than one batch of {o.batch_size}")
     torch.manual_seed(ts.seed)
     pair = DCPPair(X_tr.shape[1], ms.n_bins, ms.hidden)
-    net = pair
-    if ctx is not None:
-        if ts.sync_batchnorm:
-            to_cross_rank(pair, ctx.all_reduce_sum)
-        net = ctx.wrap_model(pair)
-    opt = torch.optim.Adam(pair.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
-    if ctx is not None:
-        opt = ctx.wrap_optimizer(opt, pair)
+    net, opt = prepare(pair, ts)
 
     def clip():
         torch.nn.utils.clip_grad_norm_(pair.parameters(), ts.grad_clip)
@@ -160,8 +153,7 @@ def train_dcp(X_tr: torch.Tensor, y_tr: torch.Tensor, X_val: torch.Tensor, y_val
 
         # ---- validation check: identical on every rank (same weights, rank 0's BatchNorm buffers)
         if ctx is not None:
-            for buf in pair.buffers():
-                ctx.broadcast_(buf, 0)
+            ctx.broadcast_buffers(pair)
         pair.eval()
         val = _val_loss(pair, X_val, y_val, o.gamma)
         gap = _mean_discrepancy(pair, X_ul_val) - _mean_discrepancy(pair, X_val)

@@ -8,6 +8,7 @@ all-gather -- so the train function and the model code are the same under every 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from .backends import register
 
 
-class DistContext:
+class DistContext(ABC):
     """Rank, world size, device, and the collectives of one backend."""
     backend = "none"
 
@@ -33,15 +34,23 @@ class DistContext:
         clip()
         opt.step()
 
+    @abstractmethod
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, differentiable (gradients flow back to every rank's input)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def broadcast_(self, t: torch.Tensor, src: int = 0) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def all_gather_object(self, obj: Any) -> list:
-        raise NotImplementedError
+        ...
+
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, so that validation, checkpoints and
+        early-stopping decisions agree without further messages."""
+        for buf in model.buffers():
+            self.broadcast_(buf, 0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, device={self.device!r})"
@@ -75,6 +84,25 @@ class TorchContext(DistContext):
 
 
 _CTX: DistContext | None = None
+
+
+def prepare(model: torch.nn.Module, ts) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """-> (the module to call, the optimiser to step) for ``model`` under the current backend, if any.
+
+    The optimiser is Adam with ``ts``'s settings; Horovod replaces it by a new object, so load optimiser state
+    into what this returns, not before.
+    """
+    from .sync_batchnorm import to_cross_rank
+    ctx = current()
+    net = model
+    if ctx is not None:
+        if ts.sync_batchnorm:
+            to_cross_rank(model, ctx.all_reduce_sum)
+        net = ctx.wrap_model(model)
+    opt = torch.optim.Adam(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
+    if ctx is not None:
+        opt = ctx.wrap_optimizer(opt, model)
+    return net, opt
 
 
 def current() -> DistContext | None:

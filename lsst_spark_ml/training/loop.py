@@ -24,7 +24,8 @@ import torch
 from ..config import TrainSettings
 from . import checkpoint
 from .progress import EpochBar, epoch_line
-from .sync_batchnorm import to_cross_rank, to_plain
+from .distributed import prepare
+from .sync_batchnorm import to_plain
 
 # A batch provider returns, for one epoch, an iterable of (inputs, targets) batches.
 BatchProvider = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -90,14 +91,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     state = checkpoint.load(checkpoint_dir, fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
-    net = model
-    if ctx is not None:
-        if ts.sync_batchnorm:
-            to_cross_rank(model, ctx.all_reduce_sum)
-        net = ctx.wrap_model(model)
-    opt = torch.optim.Adam(model.parameters(), lr=ts.lr, betas=tuple(ts.betas), weight_decay=ts.weight_decay)
-    if ctx is not None:
-        opt = ctx.wrap_optimizer(opt, model)    # Horovod builds a new optimiser: wrap before loading state
+    net, opt = prepare(model, ts)               # optimiser state is loaded below, into the wrapped one
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=ts.plateau_factor,
                                                        patience=ts.plateau_patience, min_lr=ts.min_lr)
     if state is not None:
@@ -151,7 +145,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         if ctx is not None:
             parts = ctx.all_gather_object((tot, n))
             tot, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            _sync_buffers(model, ctx)
+            ctx.broadcast_buffers(model)
         if n == 0:
             raise RuntimeError(f"[{label}] epoch {epoch} had no training batches: empty or too small data")
         val = evaluate_loss(model, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
@@ -192,9 +186,3 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                        ctx.backend if ctx is not None else "local", start - 1 if state is not None else 0,
                        digests)
 
-
-def _sync_buffers(model: torch.nn.Module, ctx) -> None:
-    """Cross-rank BatchNorm keeps the running statistics equal on every rank already; broadcasting rank 0's
-    buffers guards against any other buffer drifting, so validation and decisions agree everywhere."""
-    for buf in model.buffers():
-        ctx.broadcast_(buf, 0)

@@ -48,18 +48,21 @@ def _swap(module: nn.Module, make) -> nn.Module:
     return module
 
 
+def _share_state(src: nn.BatchNorm1d, dst: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    """``dst`` takes ``src``'s parameters and buffers (the same tensors) and its train/eval mode."""
+    dst.weight, dst.bias = src.weight, src.bias
+    dst.running_mean, dst.running_var, dst.num_batches_tracked = (src.running_mean, src.running_var,
+                                                                  src.num_batches_tracked)
+    return dst.train(src.training)
+
+
 def to_cross_rank(model: nn.Module, all_reduce_sum) -> nn.Module:
     """Replace every ``nn.BatchNorm1d`` in place; parameters and buffers are shared, not copied."""
     def make(m):
         if type(m) is not nn.BatchNorm1d:
             return m
-        new = CrossRankBatchNorm1d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                                   all_reduce_sum=all_reduce_sum)
-        new.weight, new.bias = m.weight, m.bias
-        new.running_mean, new.running_var, new.num_batches_tracked = (m.running_mean, m.running_var,
-                                                                      m.num_batches_tracked)
-        new.train(m.training)
-        return new
+        return _share_state(m, CrossRankBatchNorm1d(m.num_features, m.eps, m.momentum, m.affine,
+                                                     m.track_running_stats, all_reduce_sum=all_reduce_sum))
     return _swap(model, make)
 
 
@@ -67,10 +70,6 @@ def to_plain(model: nn.Module) -> nn.Module:
     def make(m):
         if type(m) is not CrossRankBatchNorm1d:
             return m
-        new = nn.BatchNorm1d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-        new.weight, new.bias = m.weight, m.bias
-        new.running_mean, new.running_var, new.num_batches_tracked = (m.running_mean, m.running_var,
-                                                                      m.num_batches_tracked)
-        new.train(m.training)
-        return new
+        return _share_state(m, nn.BatchNorm1d(m.num_features, m.eps, m.momentum, m.affine,
+                                              m.track_running_stats))
     return _swap(model, make)
