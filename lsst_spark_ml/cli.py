@@ -172,6 +172,26 @@ def cmd_ood_evaluate(args) -> int:
     return 0
 
 
+def cmd_influence(args) -> int:
+    from .pipelines import influence
+    cfg = _config(args)
+    spark = _spark(cfg)       # model and snapshots are verified (and matched) before any Spark job
+    res = influence.run(spark, cfg, args.model, args.train, args.queries, args.out, snapshot_dir=args.snapshots,
+                        query_where=args.query_where)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .pipelines import targets
+    cfg = _config(args)
+    spark = _spark(cfg)
+    res = targets.run(spark, cfg, args.model or str(default_model_dir()), args.pool, args.labelled, args.out,
+                      dcp_dir=args.dcp_model, n_targets=args.n)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .pipelines import demo
     cfg = _config(args)
@@ -291,6 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     oe.add_argument("--out", required=True, help="directory for ood_metrics.json and the histogram PNG")
     _common(oe)
     oe.set_defaults(func=cmd_ood_evaluate)
+
+    inf = sub.add_parser("influence", help="TracIn influence of training rows: self-influence and, per query, "
+                                           "the most helpful and harmful training galaxies",
+                         description="Per-sample gradients of the last layers over the snapshots saved while "
+                                     "training (train.snapshot_every > 0). Writes self_influence/ (one row per "
+                                     "training row), influence/ (one row per query) and a PNG.")
+    inf.add_argument("--model", required=True, help="model directory trained with train.snapshot_every > 0 "
+                                                    "(e.g. make train-influence)")
+    inf.add_argument("--snapshots", help="snapshot directory (default: <model>/tracin)")
+    inf.add_argument("--train", help="training catalog with redshifts (default: the cosmoDC2 training file)")
+    inf.add_argument("--queries", help="catalog of the objects to explain (redshift used when present, else the "
+                                       "model's most probable bin), e.g. a 'photoz predict' output")
+    inf.add_argument("--query-where", help="Spark SQL predicate on the query catalog, e.g. "
+                                           "\"abs(z_median - redshift) > 0.15 * (1 + redshift)\"")
+    inf.add_argument("--out", required=True, help="output directory")
+    _common(inf)
+    inf.set_defaults(func=cmd_influence)
+
+    tg = sub.add_parser("targets", help="rank unlabelled objects for spectroscopy and write a target list",
+                        description="Uncertainty (DCP score or PDF entropy) x unlabelled density, then a "
+                                    "diverse greedy choice away from the training set; every pool row is scored "
+                                    "(scores/), the N chosen go to targets.csv with a reason each.")
+    tg.add_argument("--pool", required=True, help="catalog of unlabelled candidates")
+    tg.add_argument("--labelled", help="current spectroscopic training set (default: cosmoDC2 training file)")
+    tg.add_argument("--model", help="photo-z model directory (default: the shipped model)")
+    tg.add_argument("--dcp-model", help="DCP model directory: its OOD score becomes the uncertainty")
+    tg.add_argument("-n", type=int, help="number of targets (default influence.n_targets)")
+    tg.add_argument("--out", required=True, help="output directory")
+    _common(tg)
+    tg.set_defaults(func=cmd_targets)
 
     d = sub.add_parser("demo", help="the main job: photo-z for cosmoDC2 and a synthetic 10^6-row LSST catalog",
                        description="Predicts, evaluates and plots with the shipped model on the embedded default "

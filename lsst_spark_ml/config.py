@@ -102,6 +102,8 @@ class TrainSettings:
     ensemble_epochs: int = 300
     seed: int = 1234
     threads: int | None = None
+    # Keep the weights every k epochs (0: none) in <model>/tracin/ for training-sample influence (TracIn).
+    snapshot_every: int = 0
 
 
 @dataclass
@@ -209,6 +211,25 @@ class AsteroidSettings:
 
 
 @dataclass
+class InfluenceSettings:
+    """Training-sample influence (TracIn over saved snapshots) and spectroscopic target selection (issue 6)."""
+    top_k: int = 10                    # helpful and harmful training rows kept per query
+    layers: int = 1                    # trailing Linear layers whose gradients enter; 1: exact factorised form
+    projection_dim: int = 0            # layers > 1: random projection of each gradient (0: none)
+    members: list[int] | None = None   # ensemble members used (None: all)
+    max_queries: int = 100_000         # query gradients are broadcast: this bounds their size
+    seed: int = 1234
+    # Target selection: priority = uncertainty^a * density^b, then greedy diverse choice (k-center).
+    n_targets: int = 100
+    uncertainty_weight: float = 1.0    # a
+    density_weight: float = 1.0        # b
+    density_k: int = 10                # neighbours for the unlabelled density
+    density_sample: int = 20_000       # unlabelled rows broadcast as the density reference
+    candidate_factor: int = 20         # rows passed from Spark to the greedy step: factor * n_targets
+    uncertainty: str = "auto"          # auto (ood_score if a DCP model is given, else entropy) | entropy | ood
+
+
+@dataclass
 class Config:
     spark: SparkSettings = field(default_factory=SparkSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
@@ -220,6 +241,7 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings)
     asteroids: AsteroidSettings = field(default_factory=AsteroidSettings)
     bayes: BayesSettings = field(default_factory=BayesSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -283,9 +305,26 @@ class Config:
         if not 0 < self.train.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
         self._validate_ood()
+        self._validate_influence()
         self._validate_bayes()
         self._validate_asteroids()
         return self
+
+    def _validate_influence(self) -> None:
+        n = self.influence
+        if n.top_k < 1 or n.layers < 1 or n.projection_dim < 0 or n.max_queries < 1:
+            raise ConfigError("influence needs top_k >= 1, layers >= 1, projection_dim >= 0, max_queries >= 1")
+        if n.layers > len(self.model.hidden) + 1:
+            raise ConfigError(f"influence.layers {n.layers} exceeds the {len(self.model.hidden) + 1} Linear layers")
+        if n.uncertainty not in ("auto", "entropy", "ood"):
+            raise ConfigError(f"influence.uncertainty must be auto|entropy|ood, got {n.uncertainty!r}")
+        if n.n_targets < 1 or n.density_k < 1 or n.density_sample < n.density_k + 1 or n.candidate_factor < 1:
+            raise ConfigError("influence needs n_targets >= 1, density_k >= 1, density_sample > density_k, "
+                              "candidate_factor >= 1")
+        if n.uncertainty_weight < 0 or n.density_weight < 0:
+            raise ConfigError("influence.uncertainty_weight and density_weight must be >= 0")
+        if self.train.snapshot_every < 0:
+            raise ConfigError(f"train.snapshot_every must be >= 0, got {self.train.snapshot_every}")
 
     def _validate_asteroids(self) -> None:
         a = self.asteroids

@@ -34,8 +34,14 @@ def anchor_loss_from_log_probs(logp: torch.Tensor, target_bin: torch.Tensor, gam
     L = sum_k [ -y_k log p_k - (1 - y_k) (1 + p_k - p*)^gamma log(1 - p_k) ],  p* = max(p_true - margin, 0).
     gamma = 0 is a sum of one-vs-all binary cross-entropies, not softmax cross-entropy.
     """
+    onehot = torch.nn.functional.one_hot(target_bin, logp.shape[1]).to(logp.dtype)
+    return anchor_loss_onehot(logp, onehot, gamma, anchor_margin)
+
+
+def anchor_loss_onehot(logp: torch.Tensor, onehot: torch.Tensor, gamma: float = 0.0,
+                       anchor_margin: float = 0.05) -> torch.Tensor:
+    """The anchor loss with the target given as a one-hot matrix (``torch.func.vmap`` cannot build one)."""
     p = logp.exp()
-    onehot = torch.nn.functional.one_hot(target_bin, p.shape[1]).to(p.dtype)
     p_true = (p * onehot).sum(dim=1, keepdim=True)
     p_star = (p_true - anchor_margin).clamp(min=0.0).detach()
     neg = (1.0 - onehot) * torch.log1p(-p.clamp(max=1.0 - 1e-6))

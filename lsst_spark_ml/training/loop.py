@@ -43,6 +43,8 @@ class TrainResult:
     backend: str = "local"
     resumed_from_epoch: int = 0                  # 0: started fresh
     rank_digests: list[str] = field(default_factory=list)   # sha256 of each rank's final parameters
+    # train.snapshot_every: {"epoch", "lr", "state"} along the trajectory, for TracIn (lsst_spark_ml.influence)
+    snapshots: list[dict] = field(default_factory=list)
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -86,6 +88,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
 
     best, best_epoch, best_state, stale, stopped_early = math.inf, -1, None, 0, False
     history: list[dict] = []
+    snapshots: list[dict] = []
     start = 1
     # Every rank reads the same file, so all resume from the same epoch with the same weights and state.
     state = checkpoint.load(checkpoint_dir, fingerprint)
@@ -99,6 +102,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         sched.load_state_dict(state["scheduler"])
         best, best_epoch, stale = state["best"], state["best_epoch"], state["stale"]
         best_state, history = state["best_state"], state["history"]
+        snapshots = state.get("snapshots", [])
         stopped_early = state["stopped_early"]
         start = state["epoch"] + 1
         if is_main:
@@ -161,6 +165,10 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         h = {"epoch": epoch, "train_loss": tot / n, "val_loss": val, "lr": opt.param_groups[0]["lr"],
              "samples_per_s": n / max(seconds, 1e-9), "epoch_seconds": seconds, "world_size": world}
         history.append(h)
+        if ts.snapshot_every and (epoch - 1) % ts.snapshot_every == 0:
+            # The learning rate the next steps will use is TracIn's step size for this snapshot.
+            snapshots.append({"epoch": epoch, "lr": h["lr"],
+                              "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}})
         if is_main:
             log(epoch_line(label, h, ts.max_epochs, improved))
         stopped_early = ts.early_stop_patience is not None and stale >= ts.early_stop_patience
@@ -169,7 +177,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
                 "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "history": history,
-                "stopped_early": stopped_early})
+                "stopped_early": stopped_early, "snapshots": snapshots})
         if stopped_early:
             if is_main:
                 log(f"[{label}] no improvement for {stale} epochs: stopping, best epoch {best_epoch}")
@@ -184,5 +192,5 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     best_state = {k: v.cpu() for k, v in best_state.items()}
     return TrainResult(best_state, best, best_epoch, epoch, history, time.time() - t0, world,
                        ctx.backend if ctx is not None else "local", start - 1 if state is not None else 0,
-                       digests)
+                       digests, snapshots)
 

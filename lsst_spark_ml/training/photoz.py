@@ -24,6 +24,7 @@ from ..features import flags as F
 from ..features.photometry import Photometry, colour_features, feature_names, to_magnitudes
 from ..features.scaling import MinMaxScaler
 from ..inference.summaries import summarize
+from ..influence.checkpoints import save_snapshots
 from ..metrics.reference import point_metrics
 from ..models import (MBRNN, MBRNNEnsemble, anchor_loss, anchor_loss_from_log_probs, ensemble_probabilities,
                       redshift_to_bin)
@@ -210,7 +211,7 @@ def train_ensemble(train_data: MemoryData | ParquetData, X_val: torch.Tensor, z_
         f"{f' x{ts.num_processes}' if ts.backend != 'local' else ''}, {data_meta['loader']} loader")
     ckpt_root = Path(ts.checkpoint_dir or Path(out_dir) / "_checkpoints")
 
-    members, member_meta, run_log = [], [], []
+    members, member_meta, run_log, snapshots = [], [], [], []
     for i, gamma in enumerate(ms.gammas):
         seed = ts.seed + 1000 * i
         model, res = backends.run(ts.backend, train_member, gamma, train_data, X_val, y_val, cfg, seed,
@@ -225,6 +226,7 @@ def train_ensemble(train_data: MemoryData | ParquetData, X_val: torch.Tensor, z_
                             "world_size": res.world_size, "backend": res.backend,
                             "resumed_from_epoch": res.resumed_from_epoch})
         run_log.append({"member": i, "gamma": gamma, "history": res.history, "rank_digests": res.rank_digests})
+        snapshots.append((gamma, res.snapshots))
 
     ens = MBRNNEnsemble(members)
     with torch.no_grad():
@@ -263,6 +265,10 @@ def train_ensemble(train_data: MemoryData | ParquetData, X_val: torch.Tensor, z_
         "extra_files": [TRAINING_LOG],
     }
     sha = save_artefact(out_dir, tensors, manifest)
+    shutil.rmtree(Path(out_dir) / "tracin", ignore_errors=True)    # never leave another model's snapshots
+    snap_sha = save_snapshots(out_dir, sha, manifest["architecture"], snapshots)
+    if snap_sha:
+        log(f"[train] wrote {sum(len(s) for _, s in snapshots)} TracIn snapshots to {Path(out_dir) / 'tracin'}")
     if not ts.keep_checkpoints:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     log(f"[train] wrote {out_dir} (model sha256 {sha[:16]}...) in {time.time() - t0:.0f} s; "

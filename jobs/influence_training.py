@@ -1,0 +1,12 @@
+"""spark-submit entry point: lsst-spark-ml influence.
+
+    spark-submit jobs/influence_training.py --help
+
+Same arguments as ``lsst-spark-ml influence``; the master comes from spark-submit.
+"""
+import sys
+
+from lsst_spark_ml.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["influence", *sys.argv[1:]]))
