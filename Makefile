@@ -1,5 +1,6 @@
 # The two commands of the README. Each creates .venv/ when it is missing.
-.PHONY: demo test test-fast bench bench-training bench-ood train-default train-ood
+.PHONY: demo test test-fast bench bench-training bench-ood bench-influence train-default train-ood \
+	train-influence evaluate-influence
 
 demo:
 	@scripts/bootstrap.sh
@@ -24,6 +25,20 @@ bench-training:
 bench-ood:
 	@scripts/bootstrap.sh
 	.venv/bin/python benchmarks/ood_throughput.py --rows 200000 --cores 2 $(ARGS)
+
+bench-influence:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/influence_throughput.py --train-rows 10000 --queries 1000 $(ARGS)
+
+# The shipped recipe with TracIn snapshots every 10 epochs (influence needs them; ~90 MB, not shipped).
+train-influence:
+	@scripts/bootstrap.sh
+	.venv/bin/lsst-spark-ml photoz train --conf conf/photoz_train_dc2.yaml --set train.snapshot_every=10 \
+		--out outputs/models/mbrnn_dc2_tracin $(ARGS)
+
+evaluate-influence:
+	@scripts/bootstrap.sh
+	.venv/bin/python scripts/evaluate_influence.py --out outputs/influence_eval $(ARGS)
 
 train-ood:
 	@scripts/bootstrap.sh

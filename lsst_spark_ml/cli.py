@@ -176,8 +176,8 @@ def cmd_influence(args) -> int:
     from .pipelines import influence
     cfg = _config(args)
     spark = _spark(cfg)       # model and snapshots are verified (and matched) before any Spark job
-    res = influence.run(spark, cfg, args.model, args.train, args.queries, args.out, snapshot_dir=args.snapshots,
-                        query_where=args.query_where)
+    res = influence.run(spark, cfg, args.model or str(default_model_dir()), args.train, args.queries, args.out,
+                        snapshot_dir=args.snapshots, query_where=args.query_where)
     print(json.dumps(res, indent=2, default=float))
     return 0
 
@@ -202,6 +202,51 @@ def cmd_demo(args) -> int:
              dcp_dir=str(dcp) if (dcp / "manifest.json").exists() else None,
              asteroid_dir=str(ast) if (ast / "semisupervised").exists() else None)
     return 0
+
+
+def cmd_release_run(args) -> int:
+    """Issue 9: the annual reprocessing job. Plan and model checks happen before any SparkSession."""
+    from .release import runner
+    cfg = _config(args)
+    if args.release_id:
+        cfg.release.id = args.release_id
+    if args.dry_run:
+        print(runner.dry_run(cfg))
+        return 0
+    runner.ensure_inputs(cfg, lambda: _spark(cfg))
+    res = runner.run_release(cfg, lambda: _spark(cfg))
+    print(json.dumps(res, indent=2, default=str))
+    return {"complete": 0, "failed_partitions": 3}.get(res["status"], 4)
+
+
+def cmd_release_synth(args) -> int:
+    from .release.synth import write_synthetic_release
+    cfg = _config(args)
+    print(json.dumps(write_synthetic_release(_spark(cfg), args.rows, args.out, args.order, args.seed), indent=2))
+    return 0
+
+
+def _release_parser(sub) -> None:
+    rel = sub.add_parser("release", help="annual data-release reprocessing: resumable, idempotent, by sky partition")
+    rels = rel.add_subparsers(dest="release_command", required=True)
+    rr = rels.add_parser("run", help="run (or resume) the release a configuration describes",
+                         description="Validates the release: section and verifies every model before Spark starts; "
+                                     "processes each HATS pixel of the input, committing each stage's output "
+                                     "atomically; a rerun skips committed partitions. Exit code 0: complete, "
+                                     "3: some partitions failed (named in the report), 4: incomplete.")
+    rr.add_argument("--dry-run", action="store_true", help="print the plan (stages, partitions, models with "
+                                                           "sha256, estimated cost) and stop; starts no Spark")
+    rr.add_argument("--release-id", help="override release.id")
+    _common(rr)
+    rr.set_defaults(func=cmd_release_run)
+    rs = rels.add_parser("synth", help="write a synthetic multi-pixel HATS input catalog (galaxies, stars, "
+                                       "quasars, non-detections)")
+    rs.add_argument("--rows", type=int, required=True)
+    rs.add_argument("--out", required=True, help="HATS catalog directory to create (must not exist)")
+    rs.add_argument("--order", type=int, default=3, help="HEALPix order of the partitions (default 3)")
+    rs.add_argument("--seed", type=int, default=2026)
+    _common(rs)
+    rs.set_defaults(func=cmd_release_synth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,14 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(oe)
     oe.set_defaults(func=cmd_ood_evaluate)
 
-    inf = sub.add_parser("influence", help="TracIn influence of training rows: self-influence and, per query, "
+    inf = sub.add_parser("influence", help="influence of training rows: self-influence and, per query, "
                                            "the most helpful and harmful training galaxies",
-                         description="Per-sample gradients of the last layers over the snapshots saved while "
-                                     "training (train.snapshot_every > 0). Writes self_influence/ (one row per "
-                                     "training row), influence/ (one row per query) and a PNG.")
-    inf.add_argument("--model", required=True, help="model directory trained with train.snapshot_every > 0 "
-                                                    "(e.g. make train-influence)")
-    inf.add_argument("--snapshots", help="snapshot directory (default: <model>/tracin)")
+                         description="influence.method=influence-function (default): output-layer gradients "
+                                     "through the inverse Hessian of the final model; tracin: gradient products "
+                                     "over the snapshots kept in training (train.snapshot_every > 0). Writes "
+                                     "self_influence/ (one row per training row), influence/ (one row per "
+                                     "query) and a PNG.")
+    inf.add_argument("--model", help="model directory (default: the shipped model; for tracin, one trained "
+                                     "with train.snapshot_every > 0, e.g. make train-influence)")
+    inf.add_argument("--snapshots", help="tracin: snapshot directory (default: <model>/tracin)")
     inf.add_argument("--train", help="training catalog with redshifts (default: the cosmoDC2 training file)")
     inf.add_argument("--queries", help="catalog of the objects to explain (redshift used when present, else the "
                                        "model's most probable bin), e.g. a 'photoz predict' output")
@@ -350,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="model directory (default: the shipped model)")
     _common(d)
     d.set_defaults(func=cmd_demo)
+    _release_parser(sub)
     return p
 
 

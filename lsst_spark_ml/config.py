@@ -212,9 +212,14 @@ class AsteroidSettings:
 
 @dataclass
 class InfluenceSettings:
-    """Training-sample influence (TracIn over saved snapshots) and spectroscopic target selection (issue 6)."""
+    """Training-sample influence and spectroscopic target selection (issue 6; lsst_spark_ml.influence)."""
+    # influence-function: final weights, output layer, inverse damped Gauss-Newton Hessian (no snapshots);
+    # tracin: gradient dot products summed over the snapshots kept by train.snapshot_every.
+    method: str = "influence-function"
+    damping: float = 0.01              # influence-function: lambda = damping x mean diagonal of the Hessian
+    hessian_rows: int = 200_000        # influence-function: training rows sampled for the Hessian
     top_k: int = 10                    # helpful and harmful training rows kept per query
-    layers: int = 1                    # trailing Linear layers whose gradients enter; 1: exact factorised form
+    layers: int = 1                    # tracin: trailing Linear layers whose gradients enter; 1: exact, factorised
     projection_dim: int = 0            # layers > 1: random projection of each gradient (0: none)
     members: list[int] | None = None   # ensemble members used (None: all)
     max_queries: int = 100_000         # query gradients are broadcast: this bounds their size
@@ -230,6 +235,28 @@ class InfluenceSettings:
 
 
 @dataclass
+class ReleaseStageSettings:
+    """One stage of an annual release (issue 9; lsst_spark_ml.release)."""
+    name: str = ""                     # photoz | ood | bayes (morphology and asteroids: not yet)
+    input: str = "objects"             # key of release.inputs the stage reads
+    model: str | None = None           # model directory; None: the shipped model of the stage
+    model_sha256: str | None = None    # pin: the stage refuses a model whose manifest hashes differently
+
+
+@dataclass
+class ReleaseSettings:
+    """The annual reprocessing job (``lsst-spark-ml release run``); see lsst_spark_ml/release/."""
+    id: str | None = None              # names the output directory: <output_root>/<id>/
+    output_root: str = "outputs/releases"
+    inputs: dict[str, str] = field(default_factory=dict)      # name -> HATS catalog (or Parquet directory)
+    stages: list[ReleaseStageSettings] = field(default_factory=list)
+    join: str = "per-stage"            # per-stage: one catalog per stage | joined: one catalog, joined on the id
+    synthetic_rows: int = 0            # > 0: an input that does not exist is generated (release synth) first
+    synthetic_order: int = 3           # HEALPix order of that generated input
+    max_rounds: int = 3                # partitions lost to a crashed task/worker are retried this many times
+
+
+@dataclass
 class Config:
     spark: SparkSettings = field(default_factory=SparkSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
@@ -241,6 +268,7 @@ class Config:
     output: OutputSettings = field(default_factory=OutputSettings)
     asteroids: AsteroidSettings = field(default_factory=AsteroidSettings)
     bayes: BayesSettings = field(default_factory=BayesSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
 
     def to_dict(self) -> dict:
@@ -312,6 +340,12 @@ class Config:
 
     def _validate_influence(self) -> None:
         n = self.influence
+        if n.method not in ("influence-function", "tracin"):
+            raise ConfigError(f"influence.method must be influence-function|tracin, got {n.method!r}")
+        if n.method == "influence-function" and n.layers != 1:
+            raise ConfigError("influence.layers > 1 needs influence.method=tracin (the Hessian is the output layer's)")
+        if not n.damping > 0 or n.hessian_rows < 1:
+            raise ConfigError("influence.damping must be > 0 and influence.hessian_rows >= 1")
         if n.top_k < 1 or n.layers < 1 or n.projection_dim < 0 or n.max_queries < 1:
             raise ConfigError("influence needs top_k >= 1, layers >= 1, projection_dim >= 0, max_queries >= 1")
         if n.layers > len(self.model.hidden) + 1:

@@ -14,6 +14,9 @@ and h the penultimate activations, so g_i . g_j = (delta_i . delta_j) (h_i . h_j
 bias as the "+1". Storing (delta, h) costs K + H + 1 numbers per row and snapshot instead of K (H + 1),
 so the default needs no projection at all. Deeper tails use ``torch.func`` per-sample gradients, projected
 to ``projection_dim`` with a fixed Gaussian matrix (Johnson-Lindenstrauss) when asked.
+
+The influence-function variant (``InfluenceFunctionModel``) uses the final weights only and preconditions
+the output-layer gradients by the inverse of the damped Gauss-Newton Hessian; it needs no snapshots.
 """
 from __future__ import annotations
 
@@ -44,8 +47,11 @@ class Factors:
     delta: torch.Tensor | None = None   # (N, K)
     h1: torch.Tensor | None = None      # (N, H + 1)
     dense: torch.Tensor | None = None   # (N, D)
+    precond: torch.Tensor | None = None   # (D, D) inverse Hessian: self-influence g^T H^-1 g
 
     def self_dot(self) -> torch.Tensor:
+        if self.precond is not None:
+            return (self.dense * (self.dense @ self.precond)).sum(1) * self.scale ** 2
         if self.dense is not None:
             return (self.dense ** 2).sum(1) * self.scale ** 2
         return (self.delta ** 2).sum(1) * (self.h1 ** 2).sum(1) * self.scale ** 2
@@ -105,10 +111,63 @@ class GradientModel:
         return flat @ self.proj if self.proj is not None else flat
 
 
-def all_factors(models: list[GradientModel], X: np.ndarray, y: np.ndarray) -> list[Factors]:
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> Factors:
+        return self.factors(x, y)
+
+
+def output_layer_gradients(f: Factors) -> torch.Tensor:
+    """Dense per-row gradients of the output layer, delta (x) h1, flattened in the (k, a) order of
+    ``fisher_hessian``: (N, K (H + 1))."""
+    return torch.einsum("ik,ia->ika", f.delta, f.h1).reshape(len(f.delta), -1)
+
+
+def fisher_hessian_sum(gm: GradientModel, x: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of the Gauss-Newton Hessian of the output layer with the categorical Fisher,
+    (diag p - p p^T) (x) h1 h1^T, in float64: (K (H + 1), K (H + 1)). Labels are not needed."""
+    with torch.no_grad():
+        h = gm._features(x)
+        p = torch.softmax(gm.tail(h).double(), 1)
+    h1 = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1).double()
+    k, a = p.shape[1], h1.shape[1]
+    diag = torch.einsum("ik,ia,ib->kab", p, h1, h1)          # the diag(p) part, one (a, b) block per bin
+    ph = torch.einsum("ik,ia->ika", p, h1).reshape(len(h), k * a)
+    out = -(ph.T @ ph)
+    idx = torch.arange(k)
+    out.view(k, a, k, a)[idx, :, idx, :] += diag
+    return out
+
+
+class InfluenceFunctionModel:
+    """Koh & Liang (2017) influence functions on the output layer of one member at its final weights:
+    I(i, q) = g_q^T H^-1 g_i with H the damped Gauss-Newton (categorical Fisher) Hessian of the training
+    loss. H^-1 weights gradient directions by how little the rest of the training set constrains them, so
+    a label the model cannot fit without bending away from all its neighbours stands out, where the plain
+    gradient norm saturates (a softmax gradient is bounded whatever the loss)."""
+
+    def __init__(self, member: int, gamma: float, model: MBRNN, hinv: torch.Tensor):
+        self.g = GradientModel(Snapshot(member, gamma, 0, 1.0, model))
+        self.hinv = hinv.float()
+        self.layers = 1
+
+    def factors(self, x: torch.Tensor, y: torch.Tensor) -> Factors:
+        return Factors(1.0, dense=output_layer_gradients(self.g.factors(x, y)), precond=self.hinv)
+
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> Factors:
+        return Factors(1.0, dense=output_layer_gradients(self.g.factors(x, y)) @ self.hinv)
+
+
+def invert_hessian(h_sum: torch.Tensor, n: int, damping: float) -> tuple[torch.Tensor, float]:
+    """(H / n + lambda I)^-1 with lambda = damping x mean diagonal (scale-free damping)."""
+    h = h_sum / max(n, 1)
+    lam = damping * float(torch.diagonal(h).mean())
+    chol = torch.linalg.cholesky(h + lam * torch.eye(len(h), dtype=h.dtype))
+    return torch.cholesky_inverse(chol), lam
+
+
+def all_factors(models: list, X: np.ndarray, y: np.ndarray, query: bool = False) -> list[Factors]:
     xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    return [m.factors(xt, yt) for m in models]
+    return [m.query_factors(xt, yt) if query else m.factors(xt, yt) for m in models]
 
 
 def self_influence(factors: list[Factors]) -> np.ndarray:
@@ -122,15 +181,3 @@ def tracin_scores(train: list[Factors], queries: list[Factors]) -> np.ndarray:
         c = a.cross(b)
         out = c if out is None else out + c
     return out.numpy().astype(np.float64)
-
-
-def vector_size(models: list[GradientModel]) -> int:
-    """Numbers stored per row across snapshots (the cost model's memory term)."""
-    n = 0
-    for m in models:
-        if m.layers == 1:
-            lin = m.tail[-1]
-            n += lin.out_features + lin.in_features + 1
-        else:
-            n = n + (m.proj.shape[1] if m.proj is not None else sum(v.numel() for v in m.params.values()))
-    return n

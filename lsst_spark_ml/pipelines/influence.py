@@ -1,5 +1,7 @@
 """Training-sample influence on Spark: training rows in partitions, query gradients broadcast, top-k per
-query reduced across partitions without ever forming the (training x query) matrix.
+query reduced across partitions without ever forming the (training x query) matrix. Method
+``influence.method``: influence functions (default; final weights, inverse Hessian from a driver-side
+sample) or TracIn (snapshots saved in training).
 
 Outputs under ``out_dir``:
   self_influence/   one row per training row: id, redshift, self_influence, influence_flags, feature_flags
@@ -8,6 +10,7 @@ Outputs under ``out_dir``:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -21,7 +24,7 @@ from ..errors import CatalogError
 from ..io.hats_writer import write_parquet
 
 META_FILE = "_influence_meta.json"
-WORK_DIR = "_work"
+WORK_DIR = "tmp_work"     # not "_"-prefixed: Spark skips such paths when reading
 
 
 def _log(msg: str) -> None:
@@ -29,7 +32,8 @@ def _log(msg: str) -> None:
 
 
 def load_model_and_snapshots(cfg: Config, model_dir: str, snapshot_dir: str | None):
-    """Driver-side checks before any Spark job: model and snapshots verified and belonging together."""
+    """Driver-side checks before any Spark job: the model verified and, for TracIn, its snapshots verified
+    and belonging to it."""
     from ..artefacts import artefact_from_payload, read_payload
     from ..inference.photoz import PhotozPredictor
     from ..influence.checkpoints import check_members, default_dir, read_snapshot_payload, snapshots_from_payload
@@ -37,12 +41,44 @@ def load_model_and_snapshots(cfg: Config, model_dir: str, snapshot_dir: str | No
     pred = PhotozPredictor.from_artefact(artefact_from_payload(payload))
     arch = pred.manifest["architecture"]
     check_members(cfg.influence.members, arch["n_members"])
+    if cfg.influence.method != "tracin":
+        return payload, pred, None, None
     snap_payload = read_snapshot_payload(snapshot_dir or default_dir(model_dir))
     snaps = snapshots_from_payload(snap_payload, payload.sha256, arch, cfg.influence.members)
     return payload, pred, snap_payload, snaps
 
 
-def _scorer(model_b, snaps_b, cfg: Config):
+def _hessians(train_df, cols, cfg: Config, pred, n_train: int) -> tuple[dict, dict]:
+    """Inverse damped Hessians of each member's output layer from a sample of at most influence.hessian_rows
+    training rows, computed on the driver: the sample's photometry (~100 bytes a row) travels, not
+    per-partition (2112 x 2112) matrices."""
+    import torch
+
+    from ..influence.checkpoints import Snapshot
+    from ..influence.gradients import GradientModel, fisher_hessian_sum, invert_hessian
+    from ..influence.scoring import InfluenceScorer
+    n = cfg.influence
+    frac = min(1.0, 1.1 * n.hessian_rows / max(n_train, 1))
+    sample = train_df if frac >= 1 else train_df.sample(fraction=frac, seed=n.seed)
+    keep = [cols.truth_col] + cols.values + cols.errors + ([cols.ebv_col] if cols.ebv_col else [])
+    pdf = sample.select(*dict.fromkeys(keep)).limit(n.hessian_rows).toPandas()
+    values, errors, ebv = _photometry(pdf, cols)
+    z = pd.to_numeric(pdf[cols.truth_col], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    prep = InfluenceScorer(pred, []).prepare(values, errors, cols.photometry, z, ebv)
+    if len(prep.X) == 0:
+        raise CatalogError("no training row has usable photometry and a redshift: no Hessian to compute")
+    gammas = [m["gamma"] for m in pred.manifest["members"]]
+    X = torch.from_numpy(prep.X)
+    hinvs, lambdas = {}, {}
+    for m in (n.members if n.members is not None else range(len(gammas))):
+        gm = GradientModel(Snapshot(m, gammas[m], 0, 1.0, pred.ensemble.members[m]))
+        h = sum(fisher_hessian_sum(gm, X[s:s + 4096]) for s in range(0, len(X), 4096))
+        hinv, lam = invert_hessian(h, len(X), n.damping)
+        hinvs[m], lambdas[m] = hinv.float().numpy(), lam
+    return hinvs, {"hessian_rows": int(len(X)), "damping_lambda": lambdas}
+
+
+def _scorer(model_b, snaps_b, hinv_b, hinv_key: str, cfg: Config):
     from ..inference import cache
     n = cfg.influence
 
@@ -52,14 +88,17 @@ def _scorer(model_b, snaps_b, cfg: Config):
         from ..artefacts import artefact_from_payload
         from ..inference.photoz import PhotozPredictor
         from ..influence.checkpoints import snapshots_from_payload
-        from ..influence.tracin import TracInScorer
+        from ..influence.scoring import InfluenceScorer
         from ..session import task_cores
         torch.set_num_threads(cfg.inference.threads or task_cores())
         pred = PhotozPredictor.from_artefact(artefact_from_payload(model_b.value))
+        if hinv_b is not None:
+            return InfluenceScorer.influence_function(pred, hinv_b.value)
         snaps = snapshots_from_payload(snaps_b.value, model_b.value.sha256, pred.manifest["architecture"],
                                        n.members)
-        return TracInScorer(pred, snaps, n.layers, n.projection_dim, n.seed)
-    key = (model_b.value.sha256, snaps_b.value.sha256, tuple(n.members or ()), n.layers, n.projection_dim, n.seed)
+        return InfluenceScorer.tracin(pred, snaps, n.layers, n.projection_dim, n.seed)
+    key = ("influence", model_b.value.sha256, snaps_b.value.sha256 if snaps_b is not None else hinv_key,
+           tuple(n.members or ()), n.layers, n.projection_dim, n.seed)
     return cache.get_or_load(key, load)
 
 
@@ -79,12 +118,12 @@ WORK_SCHEMA = ("row_type tinyint, id long, redshift double, self_influence doubl
                "feature_flags long, query int, score double")
 
 
-def _mapper(model_b, snaps_b, queries_b, cols, cfg: Config, n_queries: int):
-    from ..influence.tracin import RunningTopK, score_block
+def _mapper(model_b, snaps_b, hinv_b, hinv_key: str, queries_b, cols, cfg: Config, n_queries: int):
+    from ..influence.scoring import RunningTopK, score_block
     k = cfg.influence.top_k
 
     def run(frames):
-        scorer = _scorer(model_b, snaps_b, cfg)
+        scorer = _scorer(model_b, snaps_b, hinv_b, hinv_key, cfg)
         qf = queries_b.value if queries_b is not None else None
         topk = RunningTopK(n_queries, k) if qf else None
         for frame in frames:
@@ -106,12 +145,27 @@ def _mapper(model_b, snaps_b, queries_b, cols, cfg: Config, n_queries: int):
     return run
 
 
-def _read(spark, cfg: Config, path: str, what: str, need_truth: bool, manifest: dict):
-    from ..io.readers import read_catalog_counted
+def _catalog_settings(cfg: Config, need_truth: bool, manifest: dict):
     from .photoz import model_catalog_settings
     cat = model_catalog_settings(cfg, manifest)
     if need_truth and cat.truth_col is None:
         cat.truth_col = "redshift"
+    return cat
+
+
+def precheck(cfg: Config, path: str, what: str, need_truth: bool, manifest: dict) -> None:
+    """Existence, rows (from footers) and columns of a catalog, without Spark: reading one with Spark
+    already runs a job (schema inference), so every input is checked this way first."""
+    from ..io.readers import check_catalog
+    try:
+        check_catalog(path, _catalog_settings(cfg, need_truth, manifest), need_truth=need_truth)
+    except CatalogError as exc:
+        raise CatalogError(f"{what}: {exc}") from None
+
+
+def _read(spark, cfg: Config, path: str, what: str, need_truth: bool, manifest: dict):
+    from ..io.readers import read_catalog_counted
+    cat = _catalog_settings(cfg, need_truth, manifest)
     try:
         df, cols, n = read_catalog_counted(spark, path, cat, need_truth=need_truth)
     except CatalogError as exc:
@@ -124,7 +178,7 @@ def _read(spark, cfg: Config, path: str, what: str, need_truth: bool, manifest: 
 def _queries(spark, cfg: Config, scorer, path: str, where: str | None, manifest: dict):
     """The query rows on the driver (they are broadcast), their flags and gradient factors."""
     from ..influence.gradients import all_factors
-    from ..influence.tracin import PSEUDO_LABEL
+    from ..influence.scoring import PSEUDO_LABEL
     df, cols, n = _read(spark, cfg, path, "query set", False, manifest)
     if n > cfg.influence.max_queries and not where:
         raise CatalogError(f"query set {path} has {n} rows, more than influence.max_queries="
@@ -151,7 +205,7 @@ def _queries(spark, cfg: Config, scorer, path: str, where: str | None, manifest:
     # Factors of unusable queries are absent: their index gets no candidates and so empty arrays.
     usable_idx = np.flatnonzero(prep.usable)
     mags = dict(zip(ids.tolist(), _magnitudes(pdf, cols, scorer.pred)))
-    return table, usable_idx, all_factors(scorer.models, prep.X, prep.y), mags
+    return table, usable_idx, all_factors(scorer.models, prep.X, prep.y, query=True), mags
 
 
 def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: str | None, out_dir: str,
@@ -160,28 +214,40 @@ def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: 
     rows of every query. ``train_path`` None: the cosmoDC2 training file the shipped model was trained on."""
     from pyspark.sql import Window, functions as F
 
-    from ..influence.tracin import TracInScorer
+    from ..influence.scoring import InfluenceScorer
     from ..io.datasets import dc2_paths
     t0 = time.time()
     payload, pred, snap_payload, snaps = load_model_and_snapshots(cfg, model_dir, snapshot_dir)
     n = cfg.influence
     train_path = str(train_path or dc2_paths()["train"])
+    precheck(cfg, train_path, "training set", True, pred.manifest)
+    if query_path:
+        precheck(cfg, query_path, "query set", False, pred.manifest)
     train_df, cols, n_train = _read(spark, cfg, train_path, "training set", True, pred.manifest)
-    scorer = TracInScorer(pred, snaps, n.layers, n.projection_dim, n.seed)
+    hinvs, hinv_key, info = None, "", {}
+    if n.method == "tracin":
+        scorer = InfluenceScorer.tracin(pred, snaps, n.layers, n.projection_dim, n.seed)
+    else:
+        hinvs, info = _hessians(train_df, cols, cfg, pred, n_train)
+        scorer = InfluenceScorer.influence_function(pred, hinvs)
+        hinv_key = hashlib.sha256(b"".join(h.tobytes() for _, h in sorted(hinvs.items()))).hexdigest()
     queries, qmags = None, {}
     if query_path:
         qtable, usable_idx, qfactors, qmags = _queries(spark, cfg, scorer, query_path, query_where, pred.manifest)
         queries = (qtable, usable_idx, qfactors)
     n_q = len(queries[1]) if queries else 0
-    _log(f"influence: {n_train} training rows x {n_q} queries, {len(snaps)} snapshots "
-         f"(members {sorted({s.member for s in snaps})}, epochs {sorted({s.epoch for s in snaps})}), "
-         f"layers={n.layers}, model {payload.sha256[:16]}...")
+    what = (f"TracIn over {len(snaps)} snapshots (members {sorted({s.member for s in snaps})}, epochs "
+            f"{sorted({s.epoch for s in snaps})}), layers={n.layers}" if snaps is not None else
+            f"influence functions, {len(hinvs)} members, Hessian from {info['hessian_rows']} rows")
+    _log(f"influence: {n_train} training rows x {n_q} queries; {what}; model {payload.sha256[:16]}...")
     sc = spark.sparkContext
-    model_b, snaps_b = sc.broadcast(payload), sc.broadcast(snap_payload)
+    model_b = sc.broadcast(payload)
+    snaps_b = sc.broadcast(snap_payload) if snap_payload is not None else None
+    hinv_b = sc.broadcast(hinvs) if hinvs is not None else None
     queries_b = sc.broadcast(queries[2]) if queries and n_q else None
     keep = [cols.id_col, cols.truth_col] + cols.values + cols.errors + ([cols.ebv_col] if cols.ebv_col else [])
     mapped = train_df.select(*dict.fromkeys(keep)).mapInPandas(
-        _mapper(model_b, snaps_b, queries_b, cols, cfg, n_q), WORK_SCHEMA)
+        _mapper(model_b, snaps_b, hinv_b, hinv_key, queries_b, cols, cfg, n_q), WORK_SCHEMA)
     out = Path(out_dir)     # local or mounted storage: the plots and the meta file are written directly
     work = str(out / WORK_DIR)
     mapped.write.mode("overwrite").parquet(work)
@@ -194,11 +260,13 @@ def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: 
     written = write_parquet(self_tbl, str(out / "self_influence"), cfg.output.mode)
     if written["n_rows"] != n_train:
         raise RuntimeError(f"{train_path}: {n_train} training rows in, {written['n_rows']} self-influence rows out")
-    meta = {"model_dir": str(model_dir), "model_sha256": payload.sha256, "snapshots_sha256": snap_payload.sha256,
-            "snapshots": [{"member": s.member, "gamma": s.gamma, "epoch": s.epoch, "lr": s.lr} for s in snaps],
-            "training_set": train_path, "n_train": n_train, "settings": {"layers": n.layers, "top_k": n.top_k,
-                                                                          "projection_dim": n.projection_dim},
-            "seconds_map": round(t_map, 1)}
+    meta = {"model_dir": str(model_dir), "model_sha256": payload.sha256, "method": n.method,
+            "training_set": train_path, "n_train": n_train,
+            "settings": {k: getattr(n, k) for k in ("top_k", "layers", "projection_dim", "damping", "members")},
+            **info, "seconds_map": round(t_map, 1)}
+    if snaps is not None:
+        meta["snapshots_sha256"] = snap_payload.sha256
+        meta["snapshots"] = [{"member": s.member, "gamma": s.gamma, "epoch": s.epoch, "lr": s.lr} for s in snaps]
     if queries is not None:
         qtable, usable_idx, _ = queries
         cands = res.where("row_type > 0")

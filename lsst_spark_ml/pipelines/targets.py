@@ -21,7 +21,7 @@ import pandas as pd
 from ..config import Config
 from ..errors import CatalogError
 from ..io.hats_writer import write_parquet
-from .influence import _ids, _magnitudes, _photometry, _read
+from .influence import _ids, _magnitudes, _photometry, _read, precheck
 
 META_FILE = "_targets_meta.json"
 SCORE_SCHEMA = ("id long, z_phot double, uncertainty double, uncertainty_pct double, density double, "
@@ -106,8 +106,10 @@ def run(spark, cfg: Config, model_dir: str, pool_path: str, labelled_path: str |
     if dcp is not None and dcp.bands != pred.bands:
         raise CatalogError(f"the DCP model's bands {dcp.bands} differ from the photo-z model's {pred.bands}")
     measure = Measure(pred, dcp)
-    pool, cols, n_pool = _read(spark, cfg, pool_path, "unlabelled pool", False, pred.manifest)
     labelled_path = str(labelled_path or dc2_paths()["train"])
+    precheck(cfg, pool_path, "unlabelled pool", False, pred.manifest)
+    precheck(cfg, labelled_path, "labelled set", False, pred.manifest)
+    pool, cols, n_pool = _read(spark, cfg, pool_path, "unlabelled pool", False, pred.manifest)
     lab, lcols, n_lab = _read(spark, cfg, labelled_path, "labelled set", False, pred.manifest)
     _log(f"targets: {n_pool} unlabelled rows from {pool_path}, {n_lab} labelled rows from {labelled_path}; "
          f"uncertainty = {measure.kind}")

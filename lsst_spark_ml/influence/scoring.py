@@ -1,5 +1,6 @@
-"""TracIn on numpy blocks: features from photometry, gradient factors per snapshot, self-influence, and a
-running top-k of helpful and harmful training rows per query that never holds the whole matrix.
+"""Influence on numpy blocks: features from photometry, gradient factors per model (TracIn snapshots or
+influence-function members), self-influence, and a running top-k of helpful and harmful training rows per
+query that never holds the whole matrix.
 
 Spark-free: ``lsst_spark_ml.pipelines.influence`` feeds it one Arrow batch of training rows at a time.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..features import flags as FF
 from ..inference.photoz import PhotozPredictor
 from .checkpoints import Snapshot
-from .gradients import Factors, GradientModel, all_factors, self_influence, tracin_scores
+from .gradients import Factors, GradientModel, InfluenceFunctionModel, all_factors, self_influence, tracin_scores
 
 # influence_flags bits
 NO_FEATURES = 1      # photometry gives no estimate (features.flags NO_ESTIMATE): no gradient
@@ -31,15 +33,27 @@ class Prepared:
     feature_flags: np.ndarray
 
 
-class TracInScorer:
-    """The ensemble (features, scaling, pseudo-labels) plus the gradient models of its snapshots."""
+class InfluenceScorer:
+    """The ensemble (features, scaling, pseudo-labels) plus the gradient models whose dot products sum to
+    the influence: one per TracIn snapshot, or one per member for influence functions."""
 
-    def __init__(self, predictor: PhotozPredictor, snapshots: list[Snapshot], layers: int = 1,
-                 projection_dim: int = 0, seed: int = 0):
+    def __init__(self, predictor: PhotozPredictor, models: list):
         self.pred = predictor
-        self.models = [GradientModel(s, layers, projection_dim, seed) for s in snapshots]
+        self.models = models
         b = predictor.manifest["bins"]
         self.z_min, self.z_max, self.n_bins = b["z_min"], b["z_max"], b["n_bins"]
+
+    @classmethod
+    def tracin(cls, predictor: PhotozPredictor, snapshots: list[Snapshot], layers: int = 1,
+               projection_dim: int = 0, seed: int = 0) -> "InfluenceScorer":
+        return cls(predictor, [GradientModel(s, layers, projection_dim, seed) for s in snapshots])
+
+    @classmethod
+    def influence_function(cls, predictor: PhotozPredictor, hinvs: dict) -> "InfluenceScorer":
+        """``hinvs``: member index -> inverse damped Hessian of its output layer."""
+        gammas = [m["gamma"] for m in predictor.manifest["members"]]
+        return cls(predictor, [InfluenceFunctionModel(i, gammas[i], predictor.ensemble.members[i], torch.as_tensor(h))
+                               for i, h in sorted(hinvs.items())])
 
     def to_bin(self, z: np.ndarray) -> np.ndarray:
         idx = np.floor((z - self.z_min) / (self.z_max - self.z_min) * self.n_bins)
@@ -114,7 +128,7 @@ class RunningTopK:
         return tuple(np.concatenate(parts) for parts in zip(*out))
 
 
-def score_block(scorer: TracInScorer, query_factors: list[Factors], prep: Prepared, ids: np.ndarray,
+def score_block(scorer: InfluenceScorer, query_factors: list[Factors], prep: Prepared, ids: np.ndarray,
                 topk: RunningTopK | None, chunk: int = 4096) -> np.ndarray:
     """Self-influence of every input row (NaN where unusable); updates ``topk`` against the queries."""
     si = np.full(len(prep.usable), np.nan)
