@@ -3,16 +3,16 @@
     flock /tmp/lsm-heavy.lock .venv/bin/python benchmarks/influence_throughput.py --train-rows 10000 --queries 1000
 
 The model has the shipped architecture (4 members, 1.39 M parameters each) and ``--snapshots`` snapshots per
-member (the shipped recipe with train.snapshot_every=10 keeps 10). Three ways to get the same TracIn
-numbers (self-influence of every training row and the top-k per query):
+member (the shipped recipe with train.snapshot_every=10 keeps about 10). For each method (influence functions,
+TracIn), three ways to the same numbers (self-influence of every training row, top-k per query):
 
-* spark:        ``lsst_spark_ml.pipelines.influence.run`` on local[cores] (factorised output-layer gradients,
-                partitions, broadcast queries, top-k reduced without the matrix);
-* torch.func:   the textbook way in one process: per-sample gradients of the output layer by
-                ``vmap(grad(...))``, dense (N, D) and (Q, D) matrices, one matmul per snapshot;
-* factorised:   the same factorisation as the Spark path, in one process (what the partitions run).
+* Spark:          ``lsst_spark_ml.pipelines.influence.run`` on local[cores] (partitions, broadcast queries,
+                  top-k reduced without the matrix), everything written;
+* one process:    the same library code on numpy blocks, no Spark (what the partitions run);
+* plain torch:    the textbook way: dense per-sample gradients from ``torch.func`` (vmap of grad), the whole
+                  (N, Q) matrix, top-k by sorting.
 
-Then the cost model for a million training rows, from the measured per-row and per-pair costs.
+The cost for a million training rows comes from the one-process per-row and per-pair times.
 """
 from __future__ import annotations
 
@@ -52,20 +52,31 @@ def frame(n: int, which: str, seed: int) -> pd.DataFrame:
     return out
 
 
-def torch_func_baseline(scorer: InfluenceScorer, X: np.ndarray, y: np.ndarray, Xq: np.ndarray, yq: np.ndarray,
-                        k: int, chunk: int = 2048):
-    """Dense per-sample gradients of the output layer (torch.func) and the full matrix, top-k by sort."""
+def flat(gm, g: torch.Tensor) -> torch.Tensor:
+    """torch.func returns [weight (K x H), bias (K)]; the Hessian's order is (k, a) with the bias as a = H."""
+    k, hdim = gm.tail[-1].out_features, gm.tail[-1].in_features
+    return torch.cat([g[:, :k * hdim].reshape(-1, k, hdim), g[:, k * hdim:].reshape(-1, k, 1)], 2).reshape(len(g), -1)
+
+
+def plain_torch(scorer: InfluenceScorer, X: np.ndarray, y: np.ndarray, Xq: np.ndarray, yq: np.ndarray, k: int,
+                hinvs: dict | None, chunk: int = 2048):
+    """The textbook way in one process: dense per-sample output-layer gradients from torch.func, the whole
+    (N, Q) matrix, top-k by sorting. ``hinvs``: influence functions (H^-1 per member), else TracIn."""
     S = np.zeros((len(X), len(Xq)))
     si = np.zeros(len(X))
     xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     for m in scorer.models:
-        gq = m.dense_gradients(m._features(torch.from_numpy(Xq)), torch.from_numpy(yq)) * m.snap.lr ** 0.5
+        g0 = m.g if hinvs is not None else m
+        w = 1.0 if hinvs is not None else m.snap.lr
+        pre = torch.as_tensor(hinvs[g0.snap.member]) if hinvs is not None else None
+        gq = flat(g0, g0.dense_gradients(g0._features(torch.from_numpy(Xq)), torch.from_numpy(yq))) * w ** 0.5
+        if pre is not None:
+            gq = gq @ pre
         for s in range(0, len(X), chunk):
-            g = m.dense_gradients(m._features(xt[s:s + chunk]), yt[s:s + chunk]) * m.snap.lr ** 0.5
+            g = flat(g0, g0.dense_gradients(g0._features(xt[s:s + chunk]), yt[s:s + chunk])) * w ** 0.5
             S[s:s + chunk] += (g @ gq.T).double().numpy()
-            si[s:s + chunk] += (g ** 2).sum(1).double().numpy()
-    top = np.argsort(-S, axis=0)[:k]
-    return si, top
+            si[s:s + chunk] += ((g @ pre) * g if pre is not None else g ** 2).sum(1).double().numpy()
+    return si, np.argsort(-S, axis=0)[:k]
 
 
 def main() -> int:
@@ -107,68 +118,68 @@ def main() -> int:
     qp = scorer.prepare(*arrays(q_df)[:2], "mag", arrays(q_df)[2], pseudo_labels=True)
     n, q = int(tp.usable.sum()), int(qp.usable.sum())
 
-    # 1. factorised, one process
-    t0 = time.time()
-    qf = all_factors(scorer.models, qp.X, qp.y)
-    t_q = time.time() - t0
-    t0 = time.time()
-    topk = RunningTopK(q, args.top_k)
-    t_grad = t_score = 0.0
-    for s in range(0, n, 4096):
-        t1 = time.time()
-        f = all_factors(scorer.models, tp.X[s:s + 4096], tp.y[s:s + 4096])
-        self_influence(f)
-        t2 = time.time()
-        topk.update(tracin_scores(f, qf), np.arange(s, min(s + 4096, n)))
-        t_grad += t2 - t1
-        t_score += time.time() - t2
-    t_fact = time.time() - t0 + t_q
-
-    # 2. torch.func dense baseline
-    t0 = time.time()
-    si_dense, top_dense = torch_func_baseline(scorer, tp.X, tp.y, qp.X, qp.y, args.top_k)
-    t_dense = time.time() - t0
-    pos = np.sort(topk.pos_s, axis=0)[::-1]
-    agree = float(np.mean([set(top_dense[:, j]) == set(topk.pos_i[:, j]) for j in range(q)]))
-
-    # 3. Spark
+    from lsst_spark_ml.influence.checkpoints import Snapshot
+    from lsst_spark_ml.influence.gradients import GradientModel, fisher_hessian_sum, invert_hessian
     from lsst_spark_ml.pipelines import influence
     spark = get_spark(SparkSettings(master=f"local[{args.cores}]", app_name="influence-bench", progress=False,
                                     conf={"spark.sql.shuffle.partitions": str(args.cores * 2)}))
-    cfg = load_config(overrides={"influence": {"top_k": args.top_k}, "catalog": {"truth_col": "redshift"}})
-    influence.run(spark, cfg, model, str(work / "train.parquet"), str(work / "q.parquet"), str(work / "warm"))
-    t0 = time.time()
-    meta = influence.run(spark, cfg, model, str(work / "train.parquet"), str(work / "q.parquet"), str(work / "out"))
-    t_spark = time.time() - t0
+    results = {}
+    for method in ("influence-function", "tracin"):
+        # One process, the same factorised code the partitions run (TracIn) / the same dense products (IF).
+        t0 = time.time()
+        if method == "tracin":
+            sc_m, hinvs = scorer, None
+        else:
+            gammas = [m["gamma"] for m in pred.manifest["members"]]
+            hinvs = {}
+            for i, g in enumerate(gammas):
+                gm = GradientModel(Snapshot(i, g, 0, 1.0, pred.ensemble.members[i]))
+                hinvs[i] = invert_hessian(fisher_hessian_sum(gm, torch.from_numpy(tp.X)), n, 0.01)[0].float()
+            sc_m = InfluenceScorer.influence_function(pred, hinvs)
+        t_hess = time.time() - t0
+        qf = all_factors(sc_m.models, qp.X, qp.y, query=True)
+        topk = RunningTopK(q, args.top_k)
+        t_grad = t_score = 0.0
+        for s in range(0, n, 4096):
+            t1 = time.time()
+            f = all_factors(sc_m.models, tp.X[s:s + 4096], tp.y[s:s + 4096])
+            self_influence(f)
+            t2 = time.time()
+            topk.update(tracin_scores(f, qf), np.arange(s, min(s + 4096, n)))
+            t_grad += t2 - t1
+            t_score += time.time() - t2
+        t_one = time.time() - t0
+        t0 = time.time()
+        _, top_dense = plain_torch(sc_m, tp.X, tp.y, qp.X, qp.y, args.top_k, hinvs)
+        t_dense = time.time() - t0 + t_hess      # plain torch needs the same Hessian
+        agree = float(np.mean([set(top_dense[:, j]) == set(topk.pos_i[:, j]) for j in range(q)]))
+        cfg = load_config(overrides={"influence": {"top_k": args.top_k, "method": method},
+                                     "catalog": {"truth_col": "redshift"}})
+        influence.run(spark, cfg, model, str(work / "train.parquet"), str(work / "q.parquet"), str(work / "warm"))
+        t0 = time.time()
+        meta = influence.run(spark, cfg, model, str(work / "train.parquet"), str(work / "q.parquet"),
+                             str(work / "out"))
+        t_spark = time.time() - t0
+        per_row, per_pair = t_grad / n, t_score / (n * q)
+        big_n = 1_000_000
+        results[method] = {
+            "spark_seconds": round(t_spark, 1), "spark_map_seconds": meta["seconds_map"],
+            "one_process_seconds": round(t_one, 1), "hessian_seconds": round(t_hess, 1),
+            "plain_torch_func_seconds": round(t_dense, 1), "spark_vs_plain_torch": round(t_dense / t_spark, 2),
+            "top_k_agreement_with_plain_torch": agree, "models": len(sc_m.models),
+            "per_row_gradient_us": round(per_row * 1e6, 1), "per_pair_scoring_ns": round(per_pair * 1e9, 2),
+            "cost_1M_rows_core_hours": round((per_row * big_n + per_pair * big_n * q) * args.cores / 3600, 2)}
+        print(json.dumps({method: results[method]}), flush=True)
     spark.stop()
-
-    n_snap = len(snaps)
-    per_row = t_grad / n                              # forward to the penultimate layer + factors, all snapshots
-    per_pair = t_score / (n * q)                      # one (row, query) over all snapshots
-    big_n = 1_000_000
-    cost_1m = {"rows": big_n, "queries": q, "snapshots": n_snap,
-               "gradient_core_hours": per_row * big_n * args.cores / 3600,
-               "scoring_core_hours": per_pair * big_n * q * args.cores / 3600,
-               "query_bytes_broadcast": int(sum(x.delta.numel() + x.h1.numel() for x in qf) * 4),
-               "candidate_rows_per_partition": 2 * args.top_k * q}
-    res = {"train_rows": n, "queries": q, "snapshots": n_snap, "cores": args.cores,
-           "spark_seconds": round(t_spark, 1), "spark_map_seconds": meta["seconds_map"],
-           "factorised_one_process_seconds": round(t_fact, 1),
-           "torch_func_dense_seconds": round(t_dense, 1),
-           "spark_vs_torch_func": round(t_dense / t_spark, 2),
-           "top_k_agreement_dense_vs_factorised": agree,
-           "max_top1_score": float(pos[0].max()),
-           "per_row_gradient_us": round(per_row * 1e6, 1), "per_pair_scoring_ns": round(per_pair * 1e9, 2),
-           "cost_model_1M": cost_1m}
-    print(json.dumps(res, indent=1))
-    print(f"\n{n:,} training rows x {q:,} queries x {n_snap} snapshots on {args.cores} cores:\n"
-          f"  Spark pipeline (all outputs written)     {t_spark:7.1f} s\n"
-          f"  factorised, one process (no Spark)       {t_fact:7.1f} s\n"
-          f"  torch.func dense gradients (baseline)    {t_dense:7.1f} s   (same top-k for {100 * agree:.1f}% "
-          f"of queries)\n"
-          f"  cost for 1,000,000 training rows x {q:,} queries: "
-          f"{cost_1m['gradient_core_hours'] + cost_1m['scoring_core_hours']:.2f} core-hours "
-          f"({cost_1m['gradient_core_hours']:.2f} gradients + {cost_1m['scoring_core_hours']:.2f} scoring)")
+    print(json.dumps({"train_rows": n, "queries": q, "cores": args.cores, "tracin_snapshots": len(snaps),
+                      **results}, indent=1))
+    print(f"\n{n:,} training rows x {q:,} queries on {args.cores} cores (seconds):")
+    print(f"{'method':<20}{'Spark':>8}{'one process':>13}{'torch.func dense':>18}{'same top-k':>12}"
+          f"{'1M rows core-h':>16}")
+    for mth, r in results.items():
+        print(f"{mth:<20}{r['spark_seconds']:>8.1f}{r['one_process_seconds']:>13.1f}"
+              f"{r['plain_torch_func_seconds']:>18.1f}{100 * r['top_k_agreement_with_plain_torch']:>11.1f}%"
+              f"{r['cost_1M_rows_core_hours']:>16.2f}")
     os.system(f"rm -rf {work}")
     return 0
 

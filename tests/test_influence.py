@@ -290,3 +290,34 @@ def test_targets_on_spark_score_every_row_and_choose_distinct_reasoned_targets(s
 def _shipped():
     from lsst_spark_ml.cli import default_model_dir
     return default_model_dir()
+
+
+def test_fisher_hessian_is_the_cross_entropy_hessian_of_the_output_layer(snap_model):
+    """The Gauss-Newton matrix with the categorical Fisher equals the exact Hessian of softmax cross-entropy
+    in the output layer's weights and bias, in the (bin, input) order the gradients use."""
+    from lsst_spark_ml.influence.checkpoints import load_snapshots
+    from lsst_spark_ml.influence.gradients import GradientModel, fisher_hessian_sum, output_layer_gradients
+    from lsst_spark_ml.inference.photoz import PhotozPredictor
+    model_dir, sha, _ = snap_model
+    pred = PhotozPredictor.load(model_dir)
+    gm = GradientModel(load_snapshots(model_dir / "tracin", sha, pred.manifest["architecture"])[-1])
+    torch.manual_seed(1)
+    x = torch.rand(40, pred.manifest["architecture"]["n_in"]) * 2 - 1
+    y = torch.randint(0, 32, (40,))
+    with torch.no_grad():
+        h1 = torch.cat([gm._features(x), torch.ones(40, 1)], 1).double()
+    k, a = 32, h1.shape[1]
+
+    def ce(theta):
+        logits = h1 @ theta.reshape(k, a).T
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+    lin = gm.tail[-1]
+    theta = torch.cat([lin.weight.detach(), lin.bias.detach()[:, None]], 1).double().reshape(-1)
+    exact = torch.autograd.functional.hessian(ce, theta)
+    assert torch.allclose(fisher_hessian_sum(gm, x), exact, rtol=1e-4, atol=1e-5)
+    # The gradients are flattened in the same order: delta (x) h1 against autograd for one row's CE.
+    from lsst_spark_ml.influence.gradients import Factors
+    g = torch.autograd.functional.jacobian(lambda t: torch.nn.functional.cross_entropy(
+        h1[:1] @ t.reshape(k, a).T, y[:1], reduction="sum"), theta)
+    delta = torch.softmax(h1[:1] @ theta.reshape(k, a).T, 1) - torch.nn.functional.one_hot(y[:1], k)
+    assert torch.allclose(output_layer_gradients(Factors(1.0, delta=delta, h1=h1[:1]))[0], g, atol=1e-8)

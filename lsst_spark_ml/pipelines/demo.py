@@ -79,6 +79,7 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
              "semi-supervised mixture")
         summary["asteroids"] = asteroids.demo(spark, cfg, asteroid_dir, str(out_dir / "asteroids"))
         summary["asteroids"]["seconds"] = round(time.time() - t, 1)
+    summary["influence"] = _influence_stage(spark, cfg, out_dir, model_dir, dcp_dir)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
     print("\nlsst_spark_ml demo: photo-z with the shipped MBRNN ensemble", file=sys.stderr)
@@ -101,6 +102,27 @@ def run(spark, cfg: Config, out: str, n_synthetic: int = 1_000_000, model_dir: s
         a = summary["asteroids"]
         print(f"Asteroids: {a['rows']:,} classified, complex-level accuracy {a['complex_accuracy']:.3f} "
               f"(objects seen in training, new noise)", file=sys.stderr)
+    if summary.get("influence"):
+        i = summary["influence"]
+        print(f"Influence: {i['outliers']} catastrophic outliers of the validation file explained by their most "
+              f"helpful/harmful training galaxies; {i['targets']} spectroscopic targets chosen "
+              f"({i['uncertainty']})", file=sys.stderr)
     print(f"\nOutputs, metrics and plots: {out_dir}", file=sys.stderr)
     print(str(out_dir))
     return summary
+
+
+def _influence_stage(spark, cfg: Config, out_dir: Path, model_dir: str | None, dcp_dir: str | None) -> dict:
+    """Which cosmoDC2 training galaxies drive the validation file's catastrophic outliers (influence functions
+    on the shipped model), and which validation galaxies most deserve a spectrum."""
+    from . import influence, targets
+    t = time.time()
+    _log("influence: training galaxies behind the catastrophic photo-z outliers of the validation file, then "
+         "spectroscopic targets among the validation galaxies")
+    where = "abs(z_median - redshift) > 0.15 * (1 + redshift)"
+    im = influence.run(spark, cfg, model_dir, None, str(out_dir / "dc2_validation" / "photoz"),
+                       str(out_dir / "influence"), query_where=where)
+    tm = targets.run(spark, cfg, model_dir, str(dc2_paths()["validation"]), None, str(out_dir / "targets"),
+                     dcp_dir=dcp_dir, n_targets=100)
+    return {"seconds": round(time.time() - t, 1), "outliers": im["n_queries"], "targets": tm["n_targets"],
+            "uncertainty": tm["uncertainty"]}

@@ -102,6 +102,13 @@ def _scorer(model_b, snaps_b, hinv_b, hinv_key: str, cfg: Config):
     return cache.get_or_load(key, load)
 
 
+def spread(df, spark):
+    """Spectroscopic sets and pools often come as one file, which Spark reads as one partition: one core
+    would do the work. Spread such inputs over the cluster's cores (a cheap shuffle of photometry)."""
+    cores = spark.sparkContext.defaultParallelism
+    return df.repartition(cores) if df.rdd.getNumPartitions() < cores else df
+
+
 def _photometry(frame: pd.DataFrame, cols):
     values = frame[cols.values].to_numpy(np.float64, na_value=np.nan)
     errors = frame[cols.errors].to_numpy(np.float64, na_value=np.nan)
@@ -246,7 +253,7 @@ def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: 
     hinv_b = sc.broadcast(hinvs) if hinvs is not None else None
     queries_b = sc.broadcast(queries[2]) if queries and n_q else None
     keep = [cols.id_col, cols.truth_col] + cols.values + cols.errors + ([cols.ebv_col] if cols.ebv_col else [])
-    mapped = train_df.select(*dict.fromkeys(keep)).mapInPandas(
+    mapped = spread(train_df.select(*dict.fromkeys(keep)), spark).mapInPandas(
         _mapper(model_b, snaps_b, hinv_b, hinv_key, queries_b, cols, cfg, n_q), WORK_SCHEMA)
     out = Path(out_dir)     # local or mounted storage: the plots and the meta file are written directly
     work = str(out / WORK_DIR)

@@ -21,7 +21,7 @@ import pandas as pd
 from ..config import Config
 from ..errors import CatalogError
 from ..io.hats_writer import write_parquet
-from .influence import _ids, _magnitudes, _photometry, _read, precheck
+from .influence import _ids, _magnitudes, _photometry, _read, precheck, spread
 
 META_FILE = "_targets_meta.json"
 SCORE_SCHEMA = ("id long, z_phot double, uncertainty double, uncertainty_pct double, density double, "
@@ -128,8 +128,8 @@ def run(spark, cfg: Config, model_dir: str, pool_path: str, labelled_path: str |
     ref_b, model_b = sc.broadcast(ref), sc.broadcast(payload)
     dcp_b = sc.broadcast(dcp_payload) if dcp_payload else None
     keep = [cols.id_col] + cols.values + cols.errors + ([cols.ebv_col] if cols.ebv_col else [])
-    scores = pool.select(*dict.fromkeys(keep)).mapInPandas(_score_mapper(model_b, dcp_b, ref_b, cols, cfg),
-                                                           SCORE_SCHEMA)
+    scores = spread(pool.select(*dict.fromkeys(keep)), spark).mapInPandas(
+        _score_mapper(model_b, dcp_b, ref_b, cols, cfg), SCORE_SCHEMA)
     out = Path(out_dir)
     written = write_parquet(scores.withColumnRenamed("id", cols.id_col), str(out / "scores"), cfg.output.mode)
     if written["n_rows"] != n_pool:
