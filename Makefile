@@ -1,6 +1,6 @@
 # The two commands of the README. Each creates .venv/ when it is missing.
 .PHONY: demo test test-fast bench bench-training bench-ood bench-influence train-default train-ood \
-	train-influence evaluate-influence
+	train-influence evaluate-influence bench-inference bench-release
 
 demo:
 	@scripts/bootstrap.sh
@@ -29,6 +29,16 @@ bench-ood:
 bench-influence:
 	@scripts/bootstrap.sh
 	.venv/bin/python benchmarks/influence_throughput.py --train-rows 10000 --queries 1000 $(ARGS)
+
+bench-inference:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/inference_paths.py --rows 200000 --repeats 3 $(ARGS)
+	.venv/bin/python benchmarks/compact_pdf.py
+	.venv/bin/python benchmarks/cost_model.py
+
+bench-release:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/release_throughput.py --rows 1000000 --cores 2 $(ARGS)
 
 # The shipped recipe with TracIn snapshots every 10 epochs (influence needs them; ~90 MB, not shipped).
 train-influence:

@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _plain_worker(args):
-    model_dir, values, errors, batch = args
+    model_dir, values, errors, batch, *rest = args
+    precision = rest[0] if rest else "float32"     # float32 | bfloat16 (benchmarks/inference_paths.py)
     import torch
     torch.set_num_threads(1)
     from lsst_spark_ml.inference.photoz import PhotozPredictor
-    pred = PhotozPredictor.load(model_dir)
+    pred = PhotozPredictor.load(model_dir, precision=precision)
     pred.predict(values[:1000], errors[:1000], "flux", batch_size=batch)   # warm-up, as Spark's first batch
     t = time.perf_counter()
     for s in range(0, len(values), batch):
@@ -38,12 +39,12 @@ def _plain_worker(args):
     return time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_torch(model_dir, values, errors, cores, batch):
+def plain_torch(model_dir, values, errors, cores, batch, precision="float32"):
     parts = np.array_split(np.arange(len(values)), cores)
     ctx = mp.get_context("spawn")
     with ctx.Pool(cores) as pool:
         t = time.perf_counter()
-        res = pool.map(_plain_worker, [(model_dir, values[p], errors[p], batch) for p in parts])
+        res = pool.map(_plain_worker, [(model_dir, values[p], errors[p], batch, precision) for p in parts])
         wall = time.perf_counter() - t
     compute = max(r[0] for r in res)
     return {"rows_per_s": len(values) / compute, "wall_incl_startup_s": wall, "peak_rss_mb": max(r[1] for r in res)}
@@ -70,6 +71,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
     ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    # (all transfer paths, baselines and the bfloat16 peak in one run: benchmarks/inference_paths.py)
     args = ap.parse_args()
 
     from lsst_spark_ml.cli import default_model_dir
@@ -107,7 +109,7 @@ def main():
             t = time.perf_counter()
             out.write.format("noop").mode("overwrite").save()
             spark_t.append(time.perf_counter() - t)
-            plain_r.append(plain_torch(model_dir, values, errors, args.cores, bs))
+            plain_r.append(plain_torch(model_dir, values, errors, args.cores, bs, args.precision))
         sp = args.rows / float(np.median(spark_t))
         pl = float(np.median([r["rows_per_s"] for r in plain_r]))
         rows.append({"batch": bs, "spark_rows_per_s": round(sp), "plain_torch_rows_per_s": round(pl),

@@ -127,10 +127,14 @@ class OODSettings:
 
 @dataclass
 class InferenceSettings:
-    batch_size: int = 10000
+    batch_size: int = 2048             # rows per network call: the widest activation stays in cache (issue 10)
     device: str = "auto"               # auto | cpu | cuda
-    precision: str = "float32"         # float32 | bfloat16
+    # auto: bfloat16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs if the accuracy gate passes
+    # (lsst_spark_ml.inference.accuracy), else float32 | float32 | bfloat16 (forced, no gate)
+    precision: str = "auto"
     threads: int | None = None         # None: the Spark task's cores
+    pdf_format: str = "float32"        # float32 (array<float>, 256 B for 64 bins) | uint8 (64 B; inference.compact_pdf)
+    batch_mb: float | None = 16.0      # Arrow batch by bytes: maxRecordsPerBatch = batch_mb / row width; None: rows
 
 
 @dataclass
@@ -300,8 +304,12 @@ class Config:
             raise ConfigError("model.gammas must list at least one ensemble member")
         if self.inference.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"inference.device must be auto|cpu|cuda, got {self.inference.device!r}")
-        if self.inference.precision not in ("float32", "bfloat16"):
-            raise ConfigError(f"inference.precision must be float32|bfloat16, got {self.inference.precision!r}")
+        if self.inference.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"inference.precision must be auto|float32|bfloat16, got {self.inference.precision!r}")
+        if self.inference.pdf_format not in ("float32", "uint8"):
+            raise ConfigError(f"inference.pdf_format must be float32|uint8, got {self.inference.pdf_format!r}")
+        if self.inference.batch_mb is not None and not self.inference.batch_mb > 0:
+            raise ConfigError(f"inference.batch_mb must be > 0 or null, got {self.inference.batch_mb}")
         if self.inference.batch_size < 1 or self.spark.arrow_batch_rows < 1:
             raise ConfigError("inference.batch_size and spark.arrow_batch_rows must be positive")
         if not 0 <= self.output.hats_order <= 19:

@@ -69,8 +69,10 @@ def test_every_row_comes_out_once_with_flags(damaged, tiny_model):
 
 def test_spark_path_equals_plain_predictor(damaged, tiny_model):
     pdf, df, cols = damaged
-    out = run_mapper(df, cols, tiny_model).toPandas().set_index("id").loc[pdf["id"]]
-    pred = PhotozPredictor.load(tiny_model[0])
+    # Same precision on both sides (the default, auto, may pick bfloat16 on this hardware).
+    out = run_mapper(df, cols, tiny_model, InferenceSettings(precision="float32")).toPandas().set_index("id")
+    out = out.loc[pdf["id"]]
+    pred = PhotozPredictor.load(tiny_model[0], precision="float32")
     ref = pred.predict(pdf[cols.values].to_numpy(), pdf[cols.errors].to_numpy(), "mag")
     np.testing.assert_allclose(out["z_mean"].to_numpy(), ref["z_mean"], rtol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(out["flags"].to_numpy(), ref["flags"])

@@ -26,8 +26,11 @@ def broadcast_model(spark, model_dir: str):
     return spark.sparkContext.broadcast(read_payload(model_dir))
 
 
-def _predictor(model, inf: InferenceSettings):
-    """``model``: a Broadcast of an artefacts.Payload. Loaded once per Python worker, keyed by sha256."""
+def _predictor(model, inf: InferenceSettings, bf16_verified: bool | None = None):
+    """``model``: a Broadcast of an artefacts.Payload. Loaded once per Python worker, keyed by sha256.
+
+    ``bf16_verified``: the bfloat16 accuracy gate's verdict from the driver (precision auto); None: the
+    worker runs the gate itself if its hardware would pick bfloat16 (inference.accuracy, cached)."""
     from lsst_spark_ml.inference.photoz import pick_device
     payload = model.value
     # The device actually used is the key: a worker may serve tasks that Spark gave different GPUs.
@@ -42,8 +45,8 @@ def _predictor(model, inf: InferenceSettings):
         # Spark sets OMP_NUM_THREADS=1 per task; match torch to the cores the task was given.
         torch.set_num_threads(inf.threads or task_cores())
         return PhotozPredictor.from_artefact(artefact_from_payload(payload), device=device,
-                                             precision=inf.precision)
-    return cache.get_or_load((payload.sha256, device, inf.precision), load)
+                                             precision=inf.precision, bf16_verified=bf16_verified)
+    return cache.get_or_load((payload.sha256, device, inf.precision, bf16_verified), load)
 
 
 def _photometry(get, cols: ResolvedColumns):
@@ -63,28 +66,61 @@ def _column_getter_arrow(batch: pa.RecordBatch):
     return get
 
 
-def photoz_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, with_pdf: bool = True):
+def photoz_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, with_pdf: bool = True,
+                        bf16_verified: bool | None = None):
     """A function for ``DataFrame.mapInArrow``: every input row comes out once, with the outputs appended.
 
-    ``model`` is the Broadcast returned by ``broadcast_model``.
+    ``model`` is the Broadcast returned by ``broadcast_model``. The default path of the jobs: Arrow record
+    batches in and out, no pandas; the band columns become numpy arrays without a copy where Arrow allows
+    it (float64, no nulls) and the features reach torch through ``torch.from_numpy`` (benchmarks/
+    inference_paths.py measures it against mapInPandas, the pandas UDF and predict_batch_udf).
     """
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pred = _predictor(model, inf)
+        pred = _predictor(model, inf, bf16_verified)
         sha256 = pred.sha256
         for batch in batches:
             values, errors, ebv = _photometry(_column_getter_arrow(batch), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
-            out = arrow_columns(res, sha256, pred.n_bins, with_pdf)
+            out = arrow_columns(res, sha256, pred.n_bins, with_pdf, inf.pdf_format)
             arrays = list(batch.columns) + list(out.values())
             names = list(batch.schema.names) + list(out.keys())
             yield pa.RecordBatch.from_arrays(arrays, names=names)
     return run
 
 
-def output_schema(input_schema, with_pdf: bool = True):
+def output_schema(input_schema, with_pdf: bool = True, pdf_format: str = "float32"):
     from pyspark.sql.types import StructType
-    fields = [f for f in spark_fields() if with_pdf or f.name != "pdf"]
+    fields = [f for f in spark_fields(pdf_format) if with_pdf or f.name != "pdf"]
     return StructType(list(input_schema.fields) + fields)
+
+
+_TYPE_BYTES = {"double": 8, "bigint": 8, "timestamp": 8, "float": 4, "int": 4, "smallint": 2, "tinyint": 1,
+               "boolean": 1, "date": 4}
+
+
+def row_bytes(input_schema, n_bins: int, with_pdf: bool = True, pdf_format: str = "float32") -> int:
+    """Bytes of one output row in Arrow (input columns + photo-z columns); strings/binaries count 32."""
+    from lsst_spark_ml.inference.compact_pdf import bytes_per_object
+    width = sum(_TYPE_BYTES.get(f.dataType.simpleString(), 32) for f in input_schema.fields)
+    width += 8 * 6 + 8 + 64 + 4                     # point estimates, flags, model_sha256 (hex) + offset
+    if with_pdf:
+        width += bytes_per_object(pdf_format, n_bins) + 4
+    return width
+
+
+def arrow_batch_rows(input_schema, n_bins: int, inf: InferenceSettings, with_pdf: bool = True,
+                     default: int = 10000) -> int:
+    """``spark.sql.execution.arrow.maxRecordsPerBatch`` for a target of ``inf.batch_mb`` MB per Arrow batch.
+
+    The batch is what a Python worker holds at once (in and out, plus the features and PDFs as numpy):
+    sizing it by bytes keeps the worker's memory flat whatever the catalog's width, while batches of a few
+    MB amortise the per-batch cost of the JVM-Python exchange. Rounded to a multiple of the network's own
+    batch (``inf.batch_size``) so that no network call runs on a short tail."""
+    if inf.batch_mb is None:
+        return default
+    rows = int(inf.batch_mb * (1 << 20) / row_bytes(input_schema, n_bins, with_pdf, inf.pdf_format))
+    step = max(1, inf.batch_size)
+    return max(step, rows // step * step)
 
 
 def check_no_collision(input_schema) -> None:
@@ -93,6 +129,31 @@ def check_no_collision(input_schema) -> None:
     if clash:
         raise CatalogError(f"the catalog already has column(s) {clash} that photo-z would write; "
                            "rename or drop them first")
+
+
+def inference_resource_profile(spark, inf: InferenceSettings, gpus_per_task: float = 1.0, cpus_per_task: int = 1,
+                               force: bool = False):
+    """A stage-level ``ResourceProfile`` for the inference stage only (``mapInArrow(..., profile=...)``).
+
+    With ``inference.device: cuda`` only the photo-z stage asks for GPUs: the reading, shuffling and
+    writing stages keep the default profile and run on plain CPU executors. Each task gets
+    ``gpus_per_task`` GPUs (1: one task and one model per GPU; the per-worker cache is keyed by the GPU the
+    task was given, so a Python worker never holds two copies of the model on one GPU). Executors ask
+    for ``spark.executor.resource.gpu.amount`` GPUs (default 1), found by the cluster's
+    ``spark.executor.resource.gpu.discoveryScript``. Needs a cluster manager with stage-level scheduling
+    (YARN or Kubernetes with dynamic allocation, or standalone); local mode cannot schedule GPUs, so there
+    the answer is None (``force`` builds it anyway, for inspection)."""
+    if inf.device != "cuda" and not force:
+        return None
+    if spark.sparkContext.master.startswith("local") and not force:
+        return None
+    from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
+    conf = spark.sparkContext.getConf()
+    ereq = ExecutorResourceRequests().resource(
+        "gpu", int(conf.get("spark.executor.resource.gpu.amount", "1")),
+        discoveryScript=conf.get("spark.executor.resource.gpu.discoveryScript", ""))
+    treq = TaskResourceRequests().cpus(cpus_per_task).resource("gpu", gpus_per_task)
+    return ResourceProfileBuilder().require(ereq).require(treq).build
 
 
 def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
@@ -104,7 +165,7 @@ def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
     from pyspark.sql.functions import pandas_udf
     names = cols.inputs
 
-    @pandas_udf(spark_struct())
+    @pandas_udf(spark_struct(inf.pdf_format))
     def photoz(it: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         pred = _predictor(model, inf)
         sha256 = pred.sha256
@@ -112,6 +173,6 @@ def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
-            out = arrow_columns(res, sha256, pred.n_bins)
+            out = arrow_columns(res, sha256, pred.n_bins, pdf_format=inf.pdf_format)
             yield pa.table(out).to_pandas()
     return photoz

@@ -4,6 +4,8 @@ Spark-free, so the same object serves the UDFs, the benchmarks' plain-torch base
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from ..features.photometry import build_features
 from ..features.scaling import MinMaxScaler
 from ..models import MBRNN, MBRNNEnsemble
 from .summaries import POINT_COLUMNS, summarize
+
+_log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> torch.device:
@@ -53,6 +57,9 @@ def ensemble_from_tensors(tensors: dict[str, torch.Tensor], arch: dict) -> MBRNN
 
 @dataclass
 class PhotozPredictor:
+    """``precision`` is the precision the predictor runs in (float32 or bfloat16), resolved at load time from
+    the requested one (auto | float32 | bfloat16); ``precision_reason`` says why. Inference runs the
+    BatchNorm-folded ensemble (``inference.fast.FoldedEnsemble``); ``ensemble`` keeps the model as trained."""
     ensemble: MBRNNEnsemble
     scaler: MinMaxScaler
     bands: list[str]
@@ -62,9 +69,36 @@ class PhotozPredictor:
     manifest: dict
     device: torch.device = torch.device("cpu")
     precision: str = "float32"
+    runner: torch.nn.Module | None = None
+    precision_reason: str = "requested"
+    gate: object | None = None            # accuracy.GateResult when the bfloat16 gate ran
+
+    def __post_init__(self):
+        if self.runner is None:
+            self.runner = self._make_runner(self.precision)
+
+    def _make_runner(self, precision: str) -> torch.nn.Module:
+        from .fast import FoldedEnsemble
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"a loaded predictor runs in float32 or bfloat16, not {precision!r}")
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        return FoldedEnsemble(self.ensemble, dtype).to(self.device)
+
+    def with_precision(self, precision: str) -> "PhotozPredictor":
+        """The same model in another (explicit) precision, sharing the trained weights."""
+        if precision == self.precision:
+            return self
+        return dataclasses.replace(self, precision=precision, runner=self._make_runner(precision),
+                                   precision_reason="requested", gate=None)
 
     @classmethod
-    def from_artefact(cls, art: Artefact, device: str = "cpu", precision: str = "float32") -> "PhotozPredictor":
+    def from_artefact(cls, art: Artefact, device: str = "cpu", precision: str = "float32",
+                      bf16_verified: bool | None = None, gate_kw: dict | None = None) -> "PhotozPredictor":
+        """``precision='auto'``: bfloat16 where the hardware runs it natively (``fast.hardware_bf16``) and
+        the accuracy gate passes (``inference.accuracy``), float32 otherwise. ``bf16_verified``: the gate's
+        verdict when the caller (a job's driver) already ran it; None runs it here (cached per sha256) with
+        ``gate_kw`` (tolerances, sample) passed to ``accuracy.bf16_gate``."""
+        from .fast import resolve_precision
         man = art.manifest
         if man.get("kind") != "mbrnn-ensemble":
             raise ValueError(f"{art.path} holds a {man.get('kind')!r} model, not an MBRNN photo-z ensemble")
@@ -73,8 +107,34 @@ class PhotozPredictor:
         ens.to(dev).eval()
         b = man["bins"]
         edges = np.linspace(b["z_min"], b["z_max"], b["n_bins"] + 1)
-        return cls(ens, MinMaxScaler.from_dict(man["scaler"]), list(man["bands"]),
-                   FeatureSettings(**man["features"]), edges, art.sha256, man, dev, precision)
+        resolved = resolve_precision(precision, dev)
+        pred = cls(ens, MinMaxScaler.from_dict(man["scaler"]), list(man["bands"]),
+                   FeatureSettings(**man["features"]), edges, art.sha256, man, dev, "float32")
+        if precision != "auto":
+            return pred.with_precision(resolved)
+        if resolved == "float32":
+            pred.precision_reason = f"auto: no native bfloat16 on {dev.type}"
+            return pred
+        if bf16_verified is not None:
+            if bf16_verified:
+                out = pred.with_precision("bfloat16")
+                out.precision_reason = "auto: native bfloat16, accuracy gate passed (verdict from the driver)"
+                return out
+            pred.precision_reason = "auto: accuracy gate failed on the driver; float32"
+            return pred
+        from .accuracy import bf16_gate
+        gate = bf16_gate(pred, **(gate_kw or {}))
+        if not gate.passed:
+            _log.warning("model %s: bfloat16 fails the accuracy gate (%s); falling back to float32",
+                         art.sha256[:12], gate.reason)
+            pred.precision_reason = f"auto: accuracy gate failed ({gate.reason}); float32"
+            pred.gate = gate
+            return pred
+        out = pred.with_precision("bfloat16")
+        out.precision_reason = (f"auto: native bfloat16, accuracy gate passed on {gate.n} objects "
+                                f"(TV p99 {gate.tv_p99:.4f})")
+        out.gate = gate
+        return out
 
     @classmethod
     def load(cls, model_dir: str | Path, **kw) -> "PhotozPredictor":
@@ -84,18 +144,38 @@ class PhotozPredictor:
     def n_bins(self) -> int:
         return len(self.edges) - 1
 
-    def probabilities(self, X: np.ndarray, batch_size: int = 10000) -> np.ndarray:
-        """Scaled features (N, F) -> ensemble PDF (N, K) float32."""
+    def probabilities(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """Scaled features (N, F) -> ensemble PDF (N, K) float32.
+
+        ``batch_size`` rows go through the network at a time: 2048 keeps the widest activation
+        (1024 x 2048 x 4 B = 8 MB) in the last-level cache; see benchmarks/inference_paths.py."""
         out = np.empty((len(X), self.n_bins), dtype=np.float32)
-        autocast = self.precision == "bfloat16"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode():
             for s in range(0, len(X), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size])).to(self.device)
-                out[s:s + batch_size] = self.ensemble(xb).float().cpu().numpy()
+                xb = torch.from_numpy(X[s:s + batch_size])      # zero-copy view of the numpy array
+                if cuda:
+                    # One pinned staging buffer per predictor: page-locked host memory lets the copy to
+                    # the device run by DMA, asynchronously; allocating it per batch would cost more.
+                    stage = self._pinned(batch_size, X.shape[1])[:len(xb)]
+                    stage.copy_(xb)
+                    xb = stage.to(self.device, non_blocking=True)
+                    # .cpu() waits for this batch, so the staging buffer is free again for the next one
+                    out[s:s + batch_size] = self.runner(xb).cpu().numpy()
+                else:
+                    out[s:s + batch_size] = self.runner(xb).numpy()
         return out
 
+    def _pinned(self, rows: int, cols: int) -> torch.Tensor:
+        buf = getattr(self, "_pinned_buf", None)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
+            buf = torch.empty((rows, cols), dtype=torch.float32).pin_memory()
+            self._pinned_buf = buf
+        return buf
+
     def predict(self, values: np.ndarray, errors: np.ndarray, kind: str, ebv=None,
-                batch_size: int = 10000) -> dict[str, np.ndarray]:
+                batch_size: int = 2048) -> dict[str, np.ndarray]:
         """Photometry (N, B) -> point estimates, PDF and flags. Rows without an estimate get NaN / null."""
         X, flags, _ = build_features(values, errors, kind, self.bands, self.features, ebv)
         Xs, out_of_range = self.scaler.transform(X)

@@ -54,8 +54,24 @@ def model_catalog_settings(cfg: Config, manifest: dict):
     return cat
 
 
+def _bf16_verdict(pred, requested: str) -> tuple[bool | None, str]:
+    """The bfloat16 accuracy gate, run once on the driver for ``precision: auto`` (cached per model sha256;
+    inference.accuracy). The verdict travels to the executors, which use bfloat16 only if it passed and
+    their own hardware runs bfloat16 natively. Returns (verdict or None, a line for the log)."""
+    if requested != "auto":
+        return None, f"{requested} (set in conf)"
+    from ..inference.accuracy import bf16_gate
+    gate = bf16_gate(pred)
+    if gate.passed:
+        return True, (f"auto: bfloat16 where the executor's hardware has it (accuracy gate passed on {gate.n} "
+                      f"cosmoDC2 objects, PDF TV p99 {gate.tv_p99:.4f}), else float32")
+    _log(f"bfloat16 fails the accuracy gate for this model ({gate.reason}): float32 everywhere")
+    return False, f"auto: float32 (bfloat16 failed the accuracy gate: {gate.reason})"
+
+
 def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str) -> dict:
-    from udfs.photoz import check_no_collision, output_schema, photoz_arrow_mapper
+    from udfs.photoz import (arrow_batch_rows, check_no_collision, inference_resource_profile, output_schema,
+                             photoz_arrow_mapper)
     from ..artefacts import artefact_from_payload, read_payload
     from ..inference.photoz import PhotozPredictor
     t0 = time.time()
@@ -68,19 +84,55 @@ def predict(spark, cfg: Config, catalog_path: str, model_dir: str, out_path: str
     check_no_collision(df.schema)
     if pred.features.use_ebv and not cols.ebv_col:
         raise CatalogError("the model uses E(B-V) (features.use_ebv) but catalog.ebv_col is not set")
-    mapper = photoz_arrow_mapper(spark.sparkContext.broadcast(payload), cols, cfg.inference, cfg.output.write_pdf)
-    out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf))
-    _log(f"photo-z for {catalog_path} with model {sha[:16]}... -> {out_path}")
-    written = write_catalog(out, out_path, cols, cfg.output, n_in, str(catalog_path))
+    inf = cfg.inference
+    verdict, precision_note = _bf16_verdict(pred, inf.precision)
+    mapper = photoz_arrow_mapper(spark.sparkContext.broadcast(payload), cols, inf, cfg.output.write_pdf,
+                                 bf16_verified=verdict)
+    # GPU executors: only this stage asks for GPUs (None on CPU and in local mode).
+    profile = inference_resource_profile(spark, inf)
+    out = df.mapInArrow(mapper, output_schema(df.schema, cfg.output.write_pdf, inf.pdf_format), profile=profile)
+    batch_rows = arrow_batch_rows(df.schema, pred.n_bins, inf, cfg.output.write_pdf,
+                                  default=int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")))
+    _log(f"photo-z for {catalog_path} with model {sha[:16]}... -> {out_path} (precision: {precision_note}; "
+         f"Arrow batches of {batch_rows} rows, PDFs as {inf.pdf_format})")
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old_rows = spark.conf.get(key)
+    spark.conf.set(key, str(batch_rows))
+    try:
+        written = write_catalog(out, out_path, cols, cfg.output, n_in, str(catalog_path))
+    finally:
+        spark.conf.set(key, old_rows)
     meta = {"model_dir": str(model_dir), "model_sha256": sha, "bins": manifest["bins"], "bands": cat.bands,
             "catalog": str(catalog_path), "truth_col": cols.truth_col, "id_col": cols.id_col,
             "spark_master": spark.sparkContext.master,
             "rows_in": n_in, "rows_written": written.get("n_rows"),
             "layout": "hats" if cols.has_coordinates else "parquet",
+            "precision": precision_note, "pdf_format": inf.pdf_format,
             "seconds": round(time.time() - t0, 1)}
     fs, p = filesystem(out_path)
     write_text(fs, f"{p.rstrip('/')}/{META_FILE}", json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def decode_pdf_column(df, n_bins: int, col: str = "pdf"):
+    """A compact (uint8, binary) PDF column back to array<float> probabilities; null stays null."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    from ..inference.compact_pdf import codes_from_binary, decode_uint8
+    schema = T.StructType([f if f.name != col else T.StructField(col, T.ArrayType(T.FloatType(), False), True)
+                           for f in df.schema.fields])
+
+    def run(batches):
+        for b in batches:
+            codes = codes_from_binary(b.column(col), n_bins)
+            valid = ~np.asarray(b.column(col).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            p = decode_uint8(codes)
+            offsets = pa.array(np.arange(0, (len(p) + 1) * n_bins, n_bins, dtype=np.int32))
+            arr = pa.ListArray.from_arrays(offsets, pa.array(p.ravel(), pa.float32()), mask=pa.array(~valid))
+            i = b.schema.get_field_index(col)
+            yield b.set_column(i, col, arr)
+    return df.mapInArrow(run, schema)
 
 
 def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict | None = None,
@@ -103,7 +155,10 @@ def evaluate(spark, predictions: str, truth_col: str, out_dir: str, bins: dict |
         if not kind.startswith(("double", "float", "int", "bigint", "smallint", "decimal")):
             raise CatalogError(f"column {c!r} of {predictions} must be numeric, but its type is {kind}")
     edges = np.linspace(bins["z_min"], bins["z_max"], bins["n_bins"] + 1)
-    df = df.select(truth_col, "z_mean", "z_mode", "z_median", "pdf", "flags").cache()
+    df = df.select(truth_col, "z_mean", "z_mode", "z_median", "pdf", "flags")
+    if df.schema["pdf"].dataType.simpleString() == "binary":     # inference.pdf_format: uint8
+        df = decode_pdf_column(df, bins["n_bins"])
+    df = df.cache()
     try:
         result = {"predictions": str(predictions), "truth_col": truth_col}
         for est in ("z_mean", "z_mode", "z_median"):

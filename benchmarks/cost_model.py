@@ -1,0 +1,163 @@
+"""Cost of one data release: FLOPs per object, measured objects/s per core, projected core-hours (and GPU-hours).
+
+    .venv/bin/python benchmarks/cost_model.py [--objects 20000] [--galaxies 20e9] [--stars 17e9]
+
+Per model, on this machine, one torch thread (one core; Spark's layout is one task per core):
+ * FLOPs per object: 2 x multiply-adds of the Linear layers from the layer shapes (``inference.fast.
+   flops_per_row``); Softplus, softmax and the summaries are not counted (they are a few % of the time);
+ * objects/s/core for the network alone (features already scaled) and for the whole per-row work
+   (fluxes -> features -> network -> summaries), float32 and bfloat16 where the model supports it;
+ * Bayesian follow-up: the measured numbers of benchmarks/bayes_results.md (not rerun: minutes per point);
+ * morphology per cutout: no model in the project yet (issue open), so no numbers.
+Projection: core-hours = objects / (objects/s/core) / 3600 for the whole per-row work, under the
+assumptions printed with the table. GPU: not measured here (no GPU on this task); the FLOP-based figure
+uses a stated peak and utilisation, not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# benchmarks/bayes_results.md, "Throughput" table (2 shared cores, 1 torch thread, default conf/bayes.yaml)
+BAYES_OBJECTS_PER_S_CORE = {"grid": 146.0, "mcmc": 141.0, "vi": 268.0}
+# make demo / README: 320 of 20,449 cosmoDC2 validation galaxies carry ood_flag with the shipped DCP model
+FLAGGED_GALAXY_FRACTION = 320 / 20449
+# Public datasheet dense bfloat16 peaks (not measured here) and an assumed utilisation for a 9-layer MLP
+GPU_SPECS = {"NVIDIA A100 (312 TFLOP/s bf16 dense)": 312e12, "NVIDIA H100 SXM (989 TFLOP/s bf16 dense)": 989e12}
+GPU_UTILISATION = 0.3
+
+
+def _rate(f, n, repeats=3):
+    f()
+    best = min(_time(f) for _ in range(repeats))
+    return n / best
+
+
+def _time(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--objects", type=int, default=20000, help="objects timed per measurement")
+    ap.add_argument("--galaxies", type=float, default=20e9)
+    ap.add_argument("--stars", type=float, default=17e9)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+    torch.set_num_threads(1)
+    from lsst_spark_ml.artefacts import load_artefact
+    from lsst_spark_ml.cli import default_model_dir
+    from lsst_spark_ml.features.photometry import build_features
+    from lsst_spark_ml.inference.accuracy import calibration_sample
+    from lsst_spark_ml.inference.dcp import DCPPredictor
+    from lsst_spark_ml.inference.fast import FoldedEnsemble, cpu_bf16_features, flops_per_row
+    from lsst_spark_ml.inference.photoz import PhotozPredictor
+
+    v, e, kind, _ = calibration_sample()
+    reps = int(np.ceil(args.objects / len(v)))
+    v, e = np.tile(v, (reps, 1))[:args.objects], np.tile(e, (reps, 1))[:args.objects]
+    n, bs = len(v), args.batch
+    rows = []
+
+    pz = PhotozPredictor.load(default_model_dir(), precision="float32")
+    arch = pz.manifest["architecture"]
+    X, _, _ = build_features(v, e, kind, pz.bands, pz.features)
+    Xt = torch.from_numpy(pz.scaler.transform(X)[0])
+    member_flops = flops_per_row(arch["hidden"], arch["n_in"], arch["n_bins"])
+
+    def net_rate(module):
+        def run():
+            with torch.inference_mode():
+                for s in range(0, n, bs):
+                    module(Xt[s:s + bs])
+        return _rate(run, n)
+
+    for prec, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        runner = FoldedEnsemble(pz.ensemble, dt)
+        one = FoldedEnsemble(type(pz.ensemble)(pz.ensemble.members[:1]), dt)
+        p = pz.with_precision(prec)
+        rows.append({"model": "MBRNN member", "precision": prec, "flops": member_flops,
+                     "net_per_s": net_rate(one), "whole_per_s": None})
+        rows.append({"model": f"MBRNN ensemble ({arch['n_members']} members)", "precision": prec,
+                     "flops": member_flops * arch["n_members"], "net_per_s": net_rate(runner),
+                     "whole_per_s": _rate(lambda: p.predict(v, e, kind, batch_size=bs), n)})
+        print(json.dumps(rows[-2:]), file=sys.stderr, flush=True)
+
+    art = load_artefact(Path(default_model_dir()).parent / "dcp_dc2")
+    dcp = DCPPredictor.from_artefact(art)
+    da = art.manifest["architecture"]
+    dcp_flops = 4 * flops_per_row(da["hidden"], da["n_in"], da["n_bins"])   # TS2 (he, le) + TS3 (he, le)
+    Xd = dcp.scaler.transform(build_features(v, e, kind, dcp.bands, dcp.features)[0])[0]
+    Xdt = torch.from_numpy(Xd)
+
+    def pair_only():
+        with torch.inference_mode():
+            for s in range(0, n, bs):
+                dcp.ts2(Xdt[s:s + bs])
+    rows.append({"model": "DCP pair (TS2 he + le: the OOD score alone; BatchNorm, float32)", "precision": "float32",
+                 "flops": dcp_flops // 2, "net_per_s": _rate(pair_only, n), "whole_per_s": None})
+    rows.append({"model": "DCP (TS2 score pair + TS3 photo-z pair; BatchNorm, float32)", "precision": "float32",
+                 "flops": dcp_flops, "net_per_s": _rate(lambda: dcp.score_and_pdf(Xd, bs), n),
+                 "whole_per_s": _rate(lambda: dcp.predict(v, e, kind, batch_size=bs), n)})
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    n_all = args.galaxies + args.stars
+    flagged = FLAGGED_GALAXY_FRACTION * args.galaxies
+    print(f"\ncost model: this CPU ({', '.join(cpu_bf16_features()) or 'no native bf16'}), 1 thread = 1 core, "
+          f"{n:,} cosmoDC2 objects per measurement, network batch {bs}")
+    print(f"release: {args.galaxies:.3g} galaxies + {args.stars:.3g} stars = {n_all:.3g} objects\n")
+    print("| model | precision | MFLOP/object | network objects/s/core | whole per-row work objects/s/core | "
+          "objects | core-hours (whole work) | GFLOP/s/core achieved |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    total = {"float32": 0.0, "bfloat16": 0.0}
+    for r in rows:
+        rate = r["whole_per_s"] or r["net_per_s"]
+        objs = n_all
+        ch = objs / rate / 3600
+        r["core_hours"] = ch
+        whole = f"{r['whole_per_s']:,.0f}" if r["whole_per_s"] else "(network only)"
+        print(f"| {r['model']} | {r['precision']} | {r['flops'] / 1e6:.2f} | {r['net_per_s']:,.0f} | {whole} | "
+              f"{objs:.3g} | {ch:,.0f} | {r['net_per_s'] * r['flops'] / 1e9:.1f} |")
+    for method, rate in BAYES_OBJECTS_PER_S_CORE.items():
+        ch = flagged / rate / 3600
+        print(f"| Bayesian follow-up, {method} (measured, bayes_results.md) | float32 | - | - | {rate:,.0f} | "
+              f"{flagged:.3g} | {ch:,.0f} | - |")
+    print("| morphology per cutout | - | - | - | not implemented in the project yet | - | - | - |")
+    ens = {r["precision"]: r for r in rows if r["model"].startswith("MBRNN ensemble")}
+    dcp_row = rows[-1]          # the DCP model as the jobs run it: score (TS2) + photo-z (TS3)
+    vi = flagged / BAYES_OBJECTS_PER_S_CORE["vi"] / 3600
+    for prec in total:
+        total[prec] = ens[prec]["core_hours"] + dcp_row["core_hours"] + vi
+    print(f"\nrelease total (photo-z ensemble + DCP on every object, VI on flagged galaxies): "
+          f"{total['float32']:,.0f} core-hours in float32, {total['bfloat16']:,.0f} with bfloat16 photo-z "
+          "(DCP kept float32)")
+    print("\nGPU: not measured here (no GPU on this task). FLOP-based projection at "
+          f"{GPU_UTILISATION:.0%} of the datasheet bf16 peak, network only (features and summaries on the host "
+          "CPU are not included):")
+    for name, peak in GPU_SPECS.items():
+        for r in (ens["bfloat16"], dcp_row):
+            gh = n_all * r["flops"] / (peak * GPU_UTILISATION) / 3600
+            print(f"  {name}: {r['model']}: {gh:,.1f} GPU-hours for {n_all:.3g} objects")
+    print("\nAssumptions: every object (galaxy or star) goes through the photo-z ensemble and DCP, because the "
+          "star/galaxy split is itself uncertain; the Bayesian follow-up runs on DCP-flagged galaxies only, at "
+          f"the flagged fraction measured on cosmoDC2 ({FLAGGED_GALAXY_FRACTION:.2%}); a cluster core is as fast as "
+          "one core here; Spark's overhead is the measured Spark / plain-torch ratio (benchmarks/inference_paths.py) "
+          "and is not included above; reading and writing (HATS) are not included (release_throughput.py).")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "total_core_hours": total}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
