@@ -280,9 +280,8 @@ def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: 
         w = Window.partitionBy("query", "row_type").orderBy(F.desc(F.abs(F.col("score"))))
         top = cands.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= n.top_k)
 
-        def arrays(rt):
-            s = F.sort_array(F.collect_list(F.when(F.col("row_type") == rt, F.struct("rank", "id", "score"))))
-            return s
+        def arrays(rt):     # (rank, id, score) structs of one kind, in rank order
+            return F.sort_array(F.collect_list(F.when(F.col("row_type") == rt, F.struct("rank", "id", "score"))))
         agg = top.groupBy("query").agg(arrays(1).alias("h"), arrays(2).alias("x"))
         # Candidate query indices count usable queries only; map them back to the query table's rows.
         idx_map = spark.createDataFrame(pd.DataFrame({"query": np.arange(len(usable_idx), dtype=np.int32),
