@@ -137,7 +137,8 @@ def test_run_writes_every_row_once_and_a_rerun_skips_everything(spark, objects, 
             c for c in t.column_names if c.startswith(("z_", "pdf", "flags", "ood_"))])
         from hats.io.validation import is_valid_catalog
         assert is_valid_catalog(str(rdir / stage), strict=True)
-        assert spark.read.parquet(str(rdir / stage / "dataset")).count() == N_ROWS
+        read = spark.read.parquet(str(rdir / stage / "dataset"))
+        assert read.count() == N_ROWS and set(t.column_names) <= set(read.columns)   # Spark sees the outputs
     assert (rdir / "report.html").read_text().count("<img") >= 3
     before = file_hashes(rdir)
     again = runner.run_release(cfg_of(d), never, log=lambda m: None)       # must not even want Spark

@@ -110,8 +110,11 @@ class PartitionError(Exception):
 
 def _serialise(table: pa.Table, meta: dict[str, str]) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                                  **{k.encode(): v.encode() for k, v in meta.items()}}),
+    # The input's own schema records (Spark's org.apache.spark.sql.parquet.row.metadata, pandas') describe the
+    # input columns, not these: Spark would read the file with the input's schema. Only ours are kept.
+    kept = {k: v for k, v in (table.schema.metadata or {}).items()
+            if not k.startswith((b"org.apache.spark.", b"pandas"))}
+    pq.write_table(table.replace_schema_metadata({**kept, **{k.encode(): v.encode() for k, v in meta.items()}}),
                    sink, **PARQUET_WRITER)
     return sink.getvalue().to_pybytes()
 
