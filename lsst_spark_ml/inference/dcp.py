@@ -13,10 +13,9 @@ import torch
 from ..artefacts import Artefact
 from ..config import FeatureSettings
 from ..features import flags as F
-from ..features.photometry import build_features
 from ..features.scaling import MinMaxScaler
 from ..models import DCPPair, dcp_score
-from .photoz import pick_device
+from .photoz import pick_device, scaled_features
 from .summaries import POINT_COLUMNS, summarize
 
 KIND = "dcp-ood"
@@ -77,9 +76,7 @@ class DCPPredictor:
                 batch_size: int = 10000) -> dict[str, np.ndarray]:
         """Every row gets a score. Rows the photo-z cannot use (NO_ESTIMATE) keep their score, get null
         photo-z and ``ood_flag`` set: whatever their score, the network's answer is not to be trusted."""
-        X, flags, _ = build_features(values, errors, kind, self.bands, self.features, ebv)
-        Xs, out_of_range = self.scaler.transform(X)
-        flags = np.where(out_of_range, flags | F.OUT_OF_RANGE, flags)
+        X, Xs, flags = scaled_features(values, errors, kind, self.bands, self.features, self.scaler, ebv)
         ok = (flags & F.NO_ESTIMATE) == 0
         score, pdf = self.score_and_pdf(Xs, batch_size)
         t = self.thresholds

@@ -23,6 +23,14 @@ from .summaries import POINT_COLUMNS, summarize
 _log = logging.getLogger(__name__)
 
 
+def scaled_features(values, errors, kind: str, bands: list[str], fs: FeatureSettings, scaler: MinMaxScaler,
+                    ebv=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photometry -> (raw features, scaled features, flags with OUT_OF_RANGE), as every model reads them."""
+    X, flags, _ = build_features(values, errors, kind, bands, fs, ebv)
+    Xs, out_of_range = scaler.transform(X)
+    return X, Xs, np.where(out_of_range, flags | F.OUT_OF_RANGE, flags)
+
+
 def pick_device(device: str) -> torch.device:
     if device.startswith("cuda:") or device == "cpu":
         return torch.device(device)
@@ -174,12 +182,13 @@ class PhotozPredictor:
             self._pinned_buf = buf
         return buf
 
+    def scaled_features(self, values, errors, kind: str, ebv=None):
+        return scaled_features(values, errors, kind, self.bands, self.features, self.scaler, ebv)
+
     def predict(self, values: np.ndarray, errors: np.ndarray, kind: str, ebv=None,
                 batch_size: int = 2048) -> dict[str, np.ndarray]:
         """Photometry (N, B) -> point estimates, PDF and flags. Rows without an estimate get NaN / null."""
-        X, flags, _ = build_features(values, errors, kind, self.bands, self.features, ebv)
-        Xs, out_of_range = self.scaler.transform(X)
-        flags = np.where(out_of_range, flags | F.OUT_OF_RANGE, flags)
+        X, Xs, flags = self.scaled_features(values, errors, kind, ebv)
         ok = (flags & F.NO_ESTIMATE) == 0
         pdf = np.full((len(X), self.n_bins), np.nan, dtype=np.float32)
         if ok.any():

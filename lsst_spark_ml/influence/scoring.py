@@ -13,6 +13,7 @@ import torch
 
 from ..features import flags as FF
 from ..inference.photoz import PhotozPredictor
+from ..models import redshift_to_bin
 from .checkpoints import Snapshot
 from .gradients import Factors, GradientModel, InfluenceFunctionModel, all_factors, self_influence, tracin_scores
 
@@ -56,16 +57,13 @@ class InfluenceScorer:
                                for i, h in sorted(hinvs.items())])
 
     def to_bin(self, z: np.ndarray) -> np.ndarray:
-        idx = np.floor((z - self.z_min) / (self.z_max - self.z_min) * self.n_bins)
-        return np.clip(np.nan_to_num(idx, nan=0.0), 0, self.n_bins - 1).astype(np.int64)
+        return redshift_to_bin(torch.from_numpy(np.asarray(z, dtype=np.float64)), self.z_min, self.z_max,
+                               self.n_bins).numpy()
 
     def prepare(self, values, errors, kind: str, z: np.ndarray | None, ebv=None, pseudo_labels: bool = False,
                 no_id: np.ndarray | None = None) -> Prepared:
-        from ..features.photometry import build_features
         p = self.pred
-        X, fflags, _ = build_features(values, errors, kind, p.bands, p.features, ebv)
-        Xs, out_of_range = p.scaler.transform(X)
-        fflags = np.where(out_of_range, fflags | FF.OUT_OF_RANGE, fflags)
+        X, Xs, fflags = p.scaled_features(values, errors, kind, ebv)
         flags = np.where((fflags & FF.NO_ESTIMATE) != 0, NO_FEATURES, 0).astype(np.int32)
         z = np.full(len(X), np.nan) if z is None else np.asarray(z, dtype=np.float64)
         has_z = np.isfinite(z) & (z >= 0)

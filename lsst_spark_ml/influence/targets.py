@@ -142,12 +142,9 @@ class Measure:
 
     def __call__(self, values, errors, kind: str, ebv=None) -> dict[str, np.ndarray]:
         from ..features import flags as FF
-        from ..features.photometry import build_features
         from ..inference.summaries import summarize
         p = self.pred
-        X, fflags, _ = build_features(values, errors, kind, p.bands, p.features, ebv)
-        Xs, out_of_range = p.scaler.transform(X)
-        fflags = np.where(out_of_range, fflags | FF.OUT_OF_RANGE, fflags)
+        X, Xs, fflags = p.scaled_features(values, errors, kind, ebv)
         ok = (fflags & FF.NO_ESTIMATE) == 0
         u = np.full(len(X), np.nan)
         z = np.full(len(X), np.nan)

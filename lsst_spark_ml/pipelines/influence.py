@@ -227,8 +227,7 @@ def run(spark, cfg: Config, model_dir: str, train_path: str | None, query_path: 
     payload, pred, snap_payload, snaps = load_model_and_snapshots(cfg, model_dir, snapshot_dir)
     n = cfg.influence
     train_path = str(train_path or dc2_paths()["train"])
-    precheck(cfg, train_path, "training set", True, pred.manifest)
-    if query_path:
+    if query_path:      # the training set's read checks it; the query set is read after that read's job
         precheck(cfg, query_path, "query set", False, pred.manifest)
     train_df, cols, n_train = _read(spark, cfg, train_path, "training set", True, pred.manifest)
     hinvs, hinv_key, info = None, "", {}

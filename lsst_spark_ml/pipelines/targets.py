@@ -107,8 +107,7 @@ def run(spark, cfg: Config, model_dir: str, pool_path: str, labelled_path: str |
         raise CatalogError(f"the DCP model's bands {dcp.bands} differ from the photo-z model's {pred.bands}")
     measure = Measure(pred, dcp)
     labelled_path = str(labelled_path or dc2_paths()["train"])
-    precheck(cfg, pool_path, "unlabelled pool", False, pred.manifest)
-    precheck(cfg, labelled_path, "labelled set", False, pred.manifest)
+    precheck(cfg, labelled_path, "labelled set", False, pred.manifest)    # the pool's read checks the pool
     pool, cols, n_pool = _read(spark, cfg, pool_path, "unlabelled pool", False, pred.manifest)
     lab, lcols, n_lab = _read(spark, cfg, labelled_path, "labelled set", False, pred.manifest)
     _log(f"targets: {n_pool} unlabelled rows from {pool_path}, {n_lab} labelled rows from {labelled_path}; "
@@ -117,10 +116,10 @@ def run(spark, cfg: Config, model_dir: str, pool_path: str, labelled_path: str |
     # The labelled set is a spectroscopic sample (10^4-10^6 rows): sampled down to bound the broadcast.
     lab_limit = 200_000
     lab_df = lab.sample(fraction=min(1.0, lab_limit / n_lab), seed=n.seed) if n_lab > lab_limit else lab
-    _, lm = _features_of(lab_df, lcols, measure)
+    lab_pdf, lm = _features_of(lab_df, lcols, measure)
     frac = min(1.0, 1.2 * n.density_sample / n_pool)
     ref_df = pool.sample(fraction=frac, seed=n.seed) if frac < 1 else pool
-    _, rm = _features_of(ref_df, cols, measure, n.density_sample)
+    ref_pdf, rm = _features_of(ref_df, cols, measure, n.density_sample)
     ok = rm["ok"]
     ref = Reference.build(rm["X"][ok], rm["uncertainty"][ok], lm["X"][lm["ok"]], n.density_k,
                           n.uncertainty_weight, n.density_weight)
@@ -156,9 +155,8 @@ def run(spark, cfg: Config, model_dir: str, pool_path: str, labelled_path: str |
     write_parquet(spark.createDataFrame(chosen), str(out / "targets"), cfg.output.mode)
     # Figure: targets against the labelled set and the pool in colour space.
     cmag = _magnitudes(cphot, cols, pred)[pos.loc[chosen[cols.id_col]].to_numpy()]
-    lab_pdf, _ = _features_of(lab_df, lcols, measure, 20_000)
-    pool_pdf, _ = _features_of(ref_df, cols, measure, 20_000)
-    plot = targets_colour_space(_magnitudes(lab_pdf, lcols, pred), _magnitudes(pool_pdf, cols, pred), cmag,
+    plot = targets_colour_space(_magnitudes(lab_pdf.head(20_000), lcols, pred),
+                                _magnitudes(ref_pdf.head(20_000), cols, pred), cmag,
                                 pred.bands, str(out / "targets_colour_space.png"))
     meta = {"model_sha256": payload.sha256, "dcp_sha256": dcp_payload.sha256 if dcp_payload else None,
             "uncertainty": measure.kind, "pool": str(pool_path), "labelled": labelled_path, "n_pool": n_pool,
