@@ -49,7 +49,11 @@ Guarantees
 * There must be at least ``world_size`` units, else ``ValueError`` (a rank with no data would hang a DDP
   run); write smaller row groups (``rows_per_group``) for small data.
 
-Not supported: hive-partition columns encoded in directory names, nulls, ragged list columns.
+* ``transform(table) -> {name: array}`` replaces the column conversion for columns that are not numbers
+  (binary image cutouts: ``lsst_spark_ml.training.morphology``); it runs in the prefetch thread.
+
+Not supported without a ``transform``: hive-partition columns encoded in directory names, nulls, ragged list
+columns.
 """
 from __future__ import annotations
 
@@ -216,7 +220,7 @@ class ParquetLoader:
                  shuffle_buffer: int = 10_000, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, drop_last: bool = False,
                  dtype: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
-                 even_batches: bool = False, prefetch: int = 1):
+                 even_batches: bool = False, prefetch: int = 1, transform=None):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if shuffle_buffer < 0:
@@ -245,6 +249,9 @@ class ParquetLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.drop_last, self.even_batches = bool(drop_last), bool(even_batches)
         self.dtype = dtype
+        # transform(table) -> {name: array with one row per table row}: decoding done in the prefetch thread
+        # (e.g. binary cutouts -> image tensors), so it overlaps training like the read itself.
+        self.transform = transform
         self._epoch = 0
 
     # -- sharding --------------------------------------------------------------------------------
@@ -292,6 +299,13 @@ class ParquetLoader:
         if table.num_rows != unit.num_rows:
             raise RuntimeError(f"{self.path}: row group {unit.row_group} of {unit.file} gave "
                                f"{table.num_rows} rows, its footer says {unit.num_rows}")
+        if self.transform is not None:
+            out = self.transform(table)
+            bad = {k: len(v) for k, v in out.items() if len(v) != table.num_rows}
+            if bad:
+                raise RuntimeError(f"{self.path}: the loader's transform returned {bad} rows for a row group of "
+                                   f"{table.num_rows}")
+            return out
         return {c: _column_to_numpy(c, table.column(c)) for c in self.columns}
 
     def _to_tensor(self, name: str, a: np.ndarray) -> torch.Tensor:
@@ -334,17 +348,18 @@ class ParquetLoader:
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         buf: dict[str, np.ndarray] | None = None
         for chunk in self._read_ahead(units, fs):
-            buf = chunk if buf is None else {c: np.concatenate([buf[c], chunk[c]]) for c in self.columns}
-            n = len(buf[self.columns[0]])
+            keys = list(chunk)
+            buf = chunk if buf is None else {c: np.concatenate([buf[c], chunk[c]]) for c in keys}
+            n = len(buf[keys[0]])
             k = n - self.shuffle_buffer
             if k > 0:   # emit k rows drawn at random from the buffer, keep the rest
                 perm = rng.permutation(n)
                 out, keep = perm[:k], perm[k:]
-                yield {c: buf[c][out] for c in self.columns}
-                buf = {c: buf[c][keep] for c in self.columns}
-        if buf is not None and len(buf[self.columns[0]]):
-            perm = rng.permutation(len(buf[self.columns[0]]))
-            yield {c: buf[c][perm] for c in self.columns}
+                yield {c: buf[c][out] for c in keys}
+                buf = {c: buf[c][keep] for c in keys}
+        if buf is not None and len(next(iter(buf.values()))):
+            perm = rng.permutation(len(next(iter(buf.values()))))
+            yield {c: v[perm] for c, v in buf.items()}
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Iterate this rank's batches for ``epoch``; raises RuntimeError if the rows read fall short of
@@ -355,21 +370,21 @@ class ParquetLoader:
         seen = yielded = 0
         pending: dict[str, np.ndarray] | None = None
         for chunk in self._rows(epoch):
-            seen += len(chunk[self.columns[0]])
-            pending = chunk if pending is None else {c: np.concatenate([pending[c], chunk[c]])
-                                                     for c in self.columns}
-            n = len(pending[self.columns[0]])
+            keys = list(chunk)
+            seen += len(chunk[keys[0]])
+            pending = chunk if pending is None else {c: np.concatenate([pending[c], chunk[c]]) for c in keys}
+            n = len(pending[keys[0]])
             full = n // bs
             for b in range(full):
                 if yielded < limit:
-                    yield {c: self._to_tensor(c, pending[c][b * bs:(b + 1) * bs]) for c in self.columns}
+                    yield {c: self._to_tensor(c, pending[c][b * bs:(b + 1) * bs]) for c in keys}
                     yielded += 1
-            pending = {c: pending[c][full * bs:] for c in self.columns}
+            pending = {c: pending[c][full * bs:] for c in keys}
         if seen != expected:
             raise RuntimeError(f"{self.path}: rank {self.rank}/{self.world_size} read {seen} rows in epoch "
                                f"{epoch}, the Parquet footers of its row groups say {expected}")
-        if pending is not None and len(pending[self.columns[0]]) and not self.drop_last and yielded < limit:
-            yield {c: self._to_tensor(c, pending[c]) for c in self.columns}
+        if pending is not None and len(next(iter(pending.values()))) and not self.drop_last and yielded < limit:
+            yield {c: self._to_tensor(c, v) for c, v in pending.items()}
             yielded += 1
         if yielded != limit:
             raise RuntimeError(f"{self.path}: rank {self.rank} yielded {yielded} batches in epoch {epoch}, "

@@ -1,0 +1,130 @@
+"""Morphology training pieces that need no rendered data: FixMatch loss, curriculum, budget, augmentations,
+the S/N difficulty, class weights, and the Parquet loader's transform hook."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lsst_spark_ml.config import MorphologySettings
+from lsst_spark_ml.morphology import augment
+from lsst_spark_ml.morphology.difficulty import difficulty, image_snr
+from lsst_spark_ml.training.morphology import (STRONG, WEAK, admitted, class_weights, fixmatch_loss,
+                                               plan_epochs)
+
+
+def test_fixmatch_loss_is_supervised_ce_plus_masked_pseudo_label_term():
+    torch.manual_seed(0)
+    lab = torch.randn(4, 6)
+    weak = torch.tensor([[9.0, 0, 0, 0, 0, 0], [0.1, 0, 0, 0, 0, 0]])     # first confident, second not
+    strong = torch.randn(2, 6)
+    logits = torch.cat([lab, weak, strong])
+    codes = torch.tensor([0, 1, 2, 3, WEAK, WEAK, STRONG, STRONG])
+    stats: dict = {}
+    got = fixmatch_loss(logits, codes, None, tau=0.9, lam=2.0, stats=stats)
+    want = F.cross_entropy(lab, codes[:4]) + 2.0 * F.cross_entropy(strong[:1], torch.tensor([0])) / 2
+    assert torch.allclose(got, want, atol=1e-6)
+    assert stats == {"kept": 1, "seen": 2}
+    # Nothing above tau: the supervised term alone; and no gradient reaches the weak rows.
+    logits.requires_grad_(True)
+    loss = fixmatch_loss(logits, codes, None, tau=0.99999, lam=1.0)
+    loss.backward()
+    assert torch.allclose(loss, F.cross_entropy(lab, codes[:4]))
+    assert logits.grad[4:6].abs().sum() == 0
+
+
+def test_class_weights_counter_imbalance_and_average_one():
+    labels = np.array([0] * 80 + [1] * 20)
+    w = class_weights(labels, 3, "inverse")
+    assert w[1] / w[0] == pytest.approx(4.0)
+    assert float(w[labels].mean()) == pytest.approx(1.0)
+    ws = class_weights(labels, 3, "inverse-sqrt")
+    assert ws[1] / ws[0] == pytest.approx(2.0)
+    assert torch.all(class_weights(labels, 3, "none") == class_weights(labels, 3, "none")[0])
+
+
+def test_curriculum_admits_easiest_first_and_everything_after_the_ramp():
+    ms = MorphologySettings(curriculum="snr", curriculum_start=0.25, curriculum_ramp=0.5)
+    order = np.arange(100)
+    sizes = [len(admitted(order, e, 20, ms)) for e in range(1, 21)]
+    assert sizes[0] == 25 and sizes == sorted(sizes) and sizes[10] == 100 and sizes[-1] == 100
+    assert np.array_equal(admitted(order, 3, 20, ms), order[:sizes[2]])
+    assert len(admitted(order, 1, 20, MorphologySettings(curriculum="none"))) == 100
+
+
+def test_budget_gives_both_modes_the_same_images():
+    sup = MorphologySettings(mode="supervised", budget_images=96_000, batch_size=32, steps_per_epoch=10,
+                             unlabelled_ratio=3)
+    semi = MorphologySettings(mode="semi", budget_images=96_000, batch_size=32, steps_per_epoch=10,
+                              unlabelled_ratio=3)
+    (e1, p1), (e2, p2) = plan_epochs(sup), plan_epochs(semi)
+    assert p2 == 7 * p1
+    assert e1 * p1 * 10 == 96_000                      # supervised: the budget exactly
+    assert 0 <= 96_000 - e2 * p2 * 10 < p2 * 10         # semi: within one epoch of it, never over
+
+
+def test_weak_view_is_an_exact_symmetry_and_strong_view_keeps_masks():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 11, 24, 24)
+    x[:, 5:] = (torch.rand(16, 6, 24, 24) > 0.5).float()
+    w = augment.weak(x, g)
+    for i in range(16):      # a flip/rotation permutes pixels: same multiset of values per channel
+        assert torch.equal(torch.sort(w[i].flatten(1))[0], torch.sort(x[i].flatten(1))[0])
+    s = augment.strong(x, torch.Generator().manual_seed(1))
+    ref = augment.weak(x, torch.Generator().manual_seed(1))       # same draws: same geometry
+    assert torch.equal(s[:, 5:], ref[:, 5:])
+    assert not torch.allclose(s[:, :5], ref[:, :5])
+    assert torch.isfinite(s).all()
+
+
+def test_blur_preserves_flux_and_broadens():
+    img = torch.zeros(1, 1, 31, 31)
+    img[0, 0, 15, 15] = 1.0
+    out = augment._blur(img, torch.tensor([1.5]))
+    assert float(out.sum()) == pytest.approx(1.0, rel=1e-4)
+    yy = torch.arange(31.0)[:, None] - 15
+    var = float((out[0, 0] * yy ** 2).sum())
+    assert var == pytest.approx(1.5 ** 2, rel=0.05)
+
+
+def test_snr_ranks_bright_above_faint_and_empty_mask_is_hardest():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    blob = np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / (2 * 3.0 ** 2))
+    mask = blob > 0.1
+    bright = rng.normal(0, 1, (5, 32, 32)) + 20 * blob
+    faint = rng.normal(0, 1, (5, 32, 32)) + 2 * blob
+    faint[2] = np.nan                                     # a missing band is skipped, not a crash
+    snr = image_snr(np.stack([bright, faint, bright]), np.stack([mask, mask, np.zeros_like(mask)]))
+    assert snr[0] > 5 * snr[1] > 0 and snr[2] == 0
+    d = difficulty(snr)
+    assert d[0] < d[1] < d[2] and math.isfinite(d[2])
+
+
+def test_loader_transform_decodes_binary_columns_with_exact_counts(tmp_path):
+    from lsst_spark_ml.training.loader import ParquetLoader
+    imgs = np.arange(10 * 4, dtype=np.float32).reshape(10, 2, 2)
+    table = pa.table({"id": np.arange(10), "blob": pa.array([a.tobytes() for a in imgs], pa.binary())})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
+
+    def transform(t):
+        data = np.stack([np.frombuffer(b, np.float32).reshape(2, 2) for b in t.column("blob").to_pylist()])
+        return {"id": t.column("id").to_numpy(), "img": data}
+
+    loader = ParquetLoader(str(tmp_path / "t.parquet"), None, batch_size=4, shuffle=True, seed=3,
+                           rank=0, world_size=1, transform=transform)
+    batches = list(loader.epoch(0))
+    ids = torch.cat([b["id"] for b in batches]).numpy()
+    got = torch.cat([b["img"] for b in batches]).numpy()
+    assert sorted(ids) == list(range(10))
+    assert np.array_equal(got, imgs[ids])
+
+    bad = ParquetLoader(str(tmp_path / "t.parquet"), None, batch_size=4, rank=0, world_size=1,
+                        transform=lambda t: {"id": t.column("id").to_numpy()[:1]})
+    with pytest.raises(RuntimeError, match="transform returned"):
+        list(bad.epoch(0))
