@@ -58,3 +58,19 @@ train-default:
 	@scripts/bootstrap.sh
 	.venv/bin/lsst-spark-ml photoz train --conf conf/photoz_train_dc2.yaml \
 		--out lsst_spark_ml/resources/models/mbrnn_dc2 $(ARGS)
+
+# Packaging for clusters (docs/cluster.md) and the generated parts of docs/.
+.PHONY: wheel pack-env docs
+
+wheel:
+	@scripts/bootstrap.sh
+	scripts/build_wheel.sh $(ARGS)
+
+pack-env:
+	@scripts/bootstrap.sh
+	scripts/pack_env.sh $(ARGS)
+
+docs:
+	@scripts/bootstrap.sh
+	.venv/bin/python scripts/config_reference.py
+	.venv/bin/python scripts/output_reference.py

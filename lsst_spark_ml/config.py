@@ -239,6 +239,47 @@ class InfluenceSettings:
 
 
 @dataclass
+class MorphologySettings:
+    """Galaxy morphology on 5-band cutouts (issue 8; lsst_spark_ml.morphology, ``lsst-spark-ml morphology``)."""
+    network: str = "dat"               # dat (deformable attention transformer) | cnn (the convolutional baseline)
+    preset: str = "tiny_cpu"           # tiny_cpu (trains on 2 cores at 64 px) | dat_tiny (the paper's DAT-Tiny)
+    image_size: int = 64               # cutout side in pixels; every cutout of a table must have it
+    # supervised: labelled rows only | semi: FixMatch consistency with pseudo-labels on the unlabelled table
+    mode: str = "semi"
+    # snr: unlabelled rows admitted easiest first by the image's signal-to-noise in its object mask | none
+    curriculum: str = "snr"
+    curriculum_start: float = 0.3      # fraction of the unlabelled rows admitted in the first epoch
+    curriculum_ramp: float = 0.5       # fraction of the epochs after which every unlabelled row is admitted
+    unlabelled_ratio: int = 3          # FixMatch mu: unlabelled rows per labelled row in a step
+    threshold: float = 0.9             # FixMatch tau: pseudo-labels kept when the weak view's confidence >= tau
+    unlabelled_weight: float = 1.0     # FixMatch lambda_u
+    class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
+    batch_size: int = 32               # labelled rows per step (per process)
+    steps_per_epoch: int = 40          # an epoch is this many steps (the labelled set is small and resampled)
+    # Images through the network per process (forward and backward; a FixMatch step costs 1 + 2 mu of them):
+    # supervised and semi runs with the same budget had the same compute. None: train.max_epochs epochs.
+    budget_images: int | None = None
+    epochs: int = 30                   # used when budget_images is None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4         # Adam's L2 term (the project's optimiser, training.distributed.prepare)
+    early_stop_patience: int | None = 12   # epochs without a better labelled-validation loss
+    val_fraction: float = 0.15         # labelled rows held out for early stopping
+    seed: int = 8
+    # Inference
+    batch_size_predict: int = 64       # images per network call
+    precision: str = "float32"         # float32 | bfloat16 (autocast; benchmarks/morphology_inference.py)
+    device: str = "auto"               # auto | cpu | cuda
+    batch_mb: float = 64.0             # Arrow batches sized by bytes (a 480 px float16 cutout is 2.3 MB)
+    attention: bool = False            # predict: also write each galaxy's attention map (float16, feature grid)
+    keep_cutout: bool = False          # predict: carry the cutout bytes into the output table
+    # make-cutouts: the rendered sets (lsst_spark_ml.morphology.render)
+    n_labelled: int = 600
+    n_unlabelled: int = 5400
+    n_test: int = 1500
+    render_seed: int = 2022
+
+
+@dataclass
 class ReleaseStageSettings:
     """One stage of an annual release (issue 9; lsst_spark_ml.release)."""
     name: str = ""                     # photoz | ood | bayes (morphology and asteroids: not yet)
@@ -274,6 +315,7 @@ class Config:
     bayes: BayesSettings = field(default_factory=BayesSettings)
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
     influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+    morphology: MorphologySettings = field(default_factory=MorphologySettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -344,7 +386,40 @@ class Config:
         self._validate_influence()
         self._validate_bayes()
         self._validate_asteroids()
+        self._validate_morphology()
         return self
+
+    def _validate_morphology(self) -> None:
+        m = self.morphology
+        if m.network not in ("dat", "cnn"):
+            raise ConfigError(f"morphology.network must be dat|cnn, got {m.network!r}")
+        if m.preset not in ("tiny_cpu", "dat_tiny"):
+            raise ConfigError(f"morphology.preset must be tiny_cpu|dat_tiny, got {m.preset!r}")
+        if m.precision not in ("float32", "bfloat16") or m.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"morphology.precision must be float32|bfloat16 and morphology.device auto|cpu|cuda, "
+                              f"got {m.precision!r}, {m.device!r}")
+        if m.mode not in ("supervised", "semi"):
+            raise ConfigError(f"morphology.mode must be supervised|semi, got {m.mode!r}")
+        if m.curriculum not in ("none", "snr"):
+            raise ConfigError(f"morphology.curriculum must be none|snr, got {m.curriculum!r}")
+        if m.class_weighting not in ("none", "inverse", "inverse-sqrt"):
+            raise ConfigError(f"morphology.class_weighting must be none|inverse|inverse-sqrt, got {m.class_weighting!r}")
+        if m.image_size < 16 or m.image_size % 4:
+            raise ConfigError(f"morphology.image_size must be a multiple of 4 and >= 16, got {m.image_size}")
+        if not 0 < m.curriculum_start <= 1 or not 0 < m.curriculum_ramp <= 1:
+            raise ConfigError("morphology.curriculum_start and curriculum_ramp must be in (0, 1]")
+        if not 0 < m.threshold < 1 or m.unlabelled_ratio < 1 or m.unlabelled_weight < 0:
+            raise ConfigError("morphology needs 0 < threshold < 1, unlabelled_ratio >= 1, unlabelled_weight >= 0")
+        if m.batch_size < 2 or m.steps_per_epoch < 1 or m.batch_size_predict < 1 or not m.batch_mb > 0:
+            raise ConfigError("morphology needs batch_size >= 2, steps_per_epoch >= 1, batch_size_predict >= 1, "
+                              "batch_mb > 0")
+        if m.budget_images is not None and m.budget_images < m.batch_size * m.steps_per_epoch:
+            raise ConfigError(f"morphology.budget_images {m.budget_images} is less than one epoch "
+                              f"({m.batch_size} x {m.steps_per_epoch} images)")
+        if not 0 < m.val_fraction < 1 or not m.lr > 0 or m.weight_decay < 0 or m.epochs < 1:
+            raise ConfigError("morphology needs val_fraction in (0, 1), lr > 0, weight_decay >= 0, epochs >= 1")
+        if min(m.n_labelled, m.n_unlabelled, m.n_test) < 1:
+            raise ConfigError("morphology.n_labelled, n_unlabelled and n_test must be >= 1")
 
     def _validate_influence(self) -> None:
         n = self.influence
