@@ -226,6 +226,88 @@ def cmd_release_synth(args) -> int:
     return 0
 
 
+def cmd_morphology_make_cutouts(args) -> int:
+    from .pipelines import morphology
+    cfg = _config(args)
+    paths = morphology.make_cutouts(cfg, args.out, args.n_labelled, args.n_unlabelled, args.n_test, args.size,
+                                    args.rows_per_group)
+    print(json.dumps(paths, indent=2))
+    return 0
+
+
+def cmd_morphology_train(args) -> int:
+    from .pipelines import morphology
+    cfg = _config(args)
+    spark = _spark(cfg) if cfg.train.backend != "local" else None
+    res = morphology.train(spark, cfg, args.labelled, args.unlabelled, args.out)
+    print(json.dumps({"model_dir": res["model_dir"], "model_sha256": res["model_sha256"],
+                      "training": res["manifest"]["training"]}, indent=2, default=str))
+    return 0
+
+
+def cmd_morphology_predict(args) -> int:
+    from .pipelines import morphology
+    cfg = _config(args)
+    spark = _spark(cfg)       # model and cutout-table metadata are checked before any Spark job
+    print(json.dumps(morphology.predict(spark, cfg, args.cutouts, args.model, args.out), indent=2))
+    return 0
+
+
+def cmd_morphology_evaluate(args) -> int:
+    from .pipelines import morphology
+    cfg = _config(args)
+    spark = _spark(cfg)
+    res = morphology.evaluate(spark, args.predictions, args.out, args.label_col, args.cutouts, args.model)
+    print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
+    return 0
+
+
+def _morphology_parser(sub) -> None:
+    mo = sub.add_parser("morphology", help="galaxy morphology (Hubble sequence) from 5-band cutouts: "
+                                           "make-cutouts, train, predict, evaluate")
+    mos = mo.add_subparsers(dest="morphology_command", required=True)
+    mc = mos.add_parser("make-cutouts", help="render labelled, unlabelled and test cutout tables with GalSim",
+                        description="labelled/: the labelled domain with labels; unlabelled/ and test/: the "
+                                    "shifted survey domain (fainter, smaller, broader PSF). Sizes default to "
+                                    "morphology.n_labelled / n_unlabelled / n_test and morphology.image_size.")
+    mc.add_argument("--out", required=True, help="directory for the three cutout tables")
+    mc.add_argument("--n-labelled", type=int)
+    mc.add_argument("--n-unlabelled", type=int)
+    mc.add_argument("--n-test", type=int)
+    mc.add_argument("--size", type=int, help="cutout side in pixels")
+    mc.add_argument("--rows-per-group", type=int, help="Parquet row-group size (default ~16 MB of cutouts); "
+                                                       "DDP training needs at least one group per process")
+    _common(mc)
+    mc.set_defaults(func=cmd_morphology_make_cutouts)
+    mt = mos.add_parser("train", help="train the DAT (or CNN) classifier, supervised or semi-supervised",
+                        description="morphology.mode=semi: FixMatch on --unlabelled with the S/N curriculum; "
+                                    "train.backend=torch-distributor trains with DDP. Writes a model directory "
+                                    "(safetensors + sha256 manifest).")
+    mt.add_argument("--labelled", required=True, help="labelled cutout table")
+    mt.add_argument("--unlabelled", help="unlabelled cutout table (morphology.mode=semi)")
+    mt.add_argument("--out", required=True, help="model directory to write")
+    _common(mt)
+    mt.set_defaults(func=cmd_morphology_train)
+    mp = mos.add_parser("predict", help="class probabilities for every row of a cutout table",
+                        description="Writes every input row once with morph_class, morph_confidence, "
+                                    "morph_probs and morph_flags (and morph_attention with "
+                                    "morphology.attention=true).")
+    mp.add_argument("--cutouts", required=True, help="cutout table (Parquet)")
+    mp.add_argument("--model", required=True, help="model directory written by 'morphology train'")
+    mp.add_argument("--out", required=True, help="output catalog")
+    _common(mp)
+    mp.set_defaults(func=cmd_morphology_predict)
+    me = mos.add_parser("evaluate", help="macro-F1, accuracy, confusion matrix and attention-map PNGs",
+                        description="Metrics of a 'morphology predict' output against its label column.")
+    me.add_argument("--predictions", required=True, help="output of 'morphology predict' with a label column")
+    me.add_argument("--out", required=True, help="directory for metrics.json and PNGs")
+    me.add_argument("--label-col", default="label")
+    me.add_argument("--cutouts", help="the cutout table predicted (for the attention maps)")
+    me.add_argument("--model", help="the model directory (for the attention maps)")
+    _common(me)
+    me.set_defaults(func=cmd_morphology_evaluate)
+
+
 def _release_parser(sub) -> None:
     rel = sub.add_parser("release", help="annual data-release reprocessing: resumable, idempotent, by sky partition")
     rels = rel.add_subparsers(dest="release_command", required=True)
@@ -398,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     d.set_defaults(func=cmd_demo)
     _release_parser(sub)
+    _morphology_parser(sub)
     return p
 
 
@@ -408,6 +491,21 @@ def main(argv: list[str] | None = None) -> int:
     except LsstSparkMLError as exc:
         print(f"lsst-spark-ml: error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_job(argv: list[str] | None = None) -> int:
+    """``main`` for the spark-submit entry points (``jobs/*.py``), stopping the SparkSession afterwards.
+
+    A driver that exits with its session open leaves a standalone or local-cluster master launching
+    executors for an application that is gone ("Failed to launch executor" in the worker logs). ``main``
+    leaves the session alone: tests and notebooks call it in-process with one shared session."""
+    try:
+        return main(argv)
+    finally:
+        from pyspark.sql import SparkSession
+        spark = SparkSession.getActiveSession()
+        if spark is not None:
+            spark.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,330 @@
+"""Morphology training: supervised, or semi-supervised (FixMatch) with an S/N curriculum, on Parquet cutouts.
+
+Data: cutout tables (``lsst_spark_ml.morphology.cutouts``) are read with the project's Parquet loader, whose
+transform decodes the band bytes and builds the 11-channel inputs in its prefetch thread. Each process keeps
+the whole labelled table (it is small: that is the point of semi-supervision) and its own share of the
+unlabelled table's row groups, as float16 inputs in memory. Rows the input builder marks unusable
+(``inputs.BAD_ROW``: wrong shape, a missing or all-NaN band) are left out of training and counted.
+
+Steps: a step draws ``batch_size`` labelled rows (weak view) and, in semi mode, ``mu x batch_size``
+unlabelled rows from the curriculum's admitted pool, each as a weak and a strong view
+(``morphology.augment``). One forward pass covers all three; the loss (``fixmatch_loss``) is the
+class-weighted cross-entropy of the labelled rows plus lambda_u times the cross-entropy of the strong views
+against the weak views' argmax, kept where the weak view's confidence reaches tau. Rows are told apart by
+their code in the target tensor: a class index, ``WEAK`` or ``STRONG``; the i-th WEAK row pairs with the
+i-th STRONG row.
+
+Curriculum (``morphology.curriculum = snr``): the unlabelled pool is ordered by the image S/N inside the
+object mask (``morphology.difficulty``); the first epoch admits the easiest ``curriculum_start`` fraction,
+and the admitted fraction grows linearly until every row is admitted after ``curriculum_ramp`` of the epochs.
+
+Same compute: with ``budget_images`` the number of steps is the budget divided by the images one step puts
+through the network (``batch_size`` supervised, ``batch_size x (1 + 2 mu)`` semi), so the two modes can be
+compared at equal cost.
+
+The loop, early stopping on the labelled validation split, checkpoints and the backends are the project's
+(``training.loop.fit``, ``training.backends``): ``train.backend=torch-distributor`` trains with DDP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..artefacts import save_artefact
+from ..config import Config, MorphologySettings
+from ..errors import CatalogError, ConfigError
+from ..morphology import augment
+from ..morphology.difficulty import difficulty, image_snr
+from . import backends
+from .loop import fit
+
+WEAK, STRONG = -1, -2
+KIND = "morphology-classifier"
+TRAINING_LOG = "training_log.json"
+
+
+@dataclass
+class CutoutSet:
+    """One process's rows of a cutout table, inputs built."""
+    x: torch.Tensor            # float16 (n, 11, S, S)
+    labels: np.ndarray         # int64 (n,), -1 where the table has no label
+    snr: np.ndarray            # float64 (n,)
+    ids: np.ndarray            # int64 (n,)
+    n_flagged: int             # rows the input builder flagged, not included above
+    n_read: int
+
+
+def _label_column(table, name: str) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, -1, dtype=np.int64)
+    col = table.column(name).combine_chunks()
+    return np.asarray(col.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def default_mask_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lsst_spark_ml" / "morphology_masks"
+
+
+def _cached_masks(table, cache_dir: Path | None, compute):
+    """Object masks of a row group, from ``cache_dir`` when these exact cutout bytes were seen before.
+
+    The mixture fits of the object mask cost far more than the network at 64 px, and every training run (and
+    every rank of it) reads the same tables: the masks are cached by the sha256 of the row group's cutout
+    bytes, so a changed table can never be served stale masks. Bit-packed: 512 bytes per 64 px cutout.
+    """
+    if cache_dir is None:
+        return compute()
+    h = hashlib.sha256()
+    for chunk in table.column("cutout").chunks:
+        for buf in chunk.buffers():
+            if buf is not None:
+                h.update(buf)
+    path = cache_dir / f"{h.hexdigest()}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return np.unpackbits(z["bits"], count=int(np.prod(z["shape"]))).reshape(z["shape"]).astype(bool)
+    masks = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, bits=np.packbits(masks.ravel()), shape=np.array(masks.shape))
+    os.replace(tmp, path)
+    return masks
+
+
+def read_cutout_set(path: str, image_size: int, *, label_col: str | None = "label", rank: int = 0,
+                    world: int = 1, bands: list[str] | None = None,
+                    mask_cache: str | Path | None = None) -> CutoutSet:
+    """Rows of a cutout table this process trains on, through ``ParquetLoader`` (row groups by rank).
+
+    ``mask_cache``: directory of cached object masks (``_cached_masks``); None computes them every time."""
+    from ..morphology.cutouts import check_cutout_table, decode_cutouts
+    from ..morphology.inputs import BAD_ROW, build_inputs
+    from .loader import ParquetLoader
+    info = check_cutout_table(path)
+    if bands is not None and list(info.bands) != list(bands):
+        raise CatalogError(f"{path}: cutout bands {list(info.bands)}, the model needs {list(bands)}")
+    expected = (len(info.bands), image_size, image_size)
+
+    def transform(table) -> dict[str, np.ndarray]:
+        imgs, flags = decode_cutouts(table.column("cutout"), table.column("cutout_shape"),
+                                     table.column("cutout_dtype"), expected)
+        cache = Path(mask_cache) if mask_cache is not None else None
+        masks = _cached_masks(table, cache, lambda: build_inputs(imgs, image_size, flags_in=flags)[0][:, 5] > 0.5)
+        x, flags = build_inputs(imgs, image_size, masks=masks, flags_in=flags)
+        snr = image_snr(imgs, x[:, 5])
+        out = {"x": x.astype(np.float16), "flags": flags.astype(np.int64), "snr": snr,
+               "id": np.asarray(table.column("objectId").to_numpy(), dtype=np.int64)}
+        out["label"] = _label_column(table, label_col) if label_col else np.full(table.num_rows, -1, np.int64)
+        return out
+
+    loader = ParquetLoader(path, None, batch_size=4096, shuffle=False, rank=rank, world_size=world,
+                           dtype={"x": torch.float16, "snr": torch.float64}, transform=transform)
+    parts = list(loader.epoch(0))
+    if not parts:
+        raise CatalogError(f"{path}: no rows for rank {rank} of {world}")
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    ok = (cat["flags"] & BAD_ROW) == 0         # NO_OBJECT rows (faint galaxies) stay in
+    return CutoutSet(cat["x"][ok], cat["label"][ok].numpy(), cat["snr"][ok].numpy(), cat["id"][ok].numpy(),
+                     int((~ok).sum()), int(len(ok)))
+
+
+def class_weights(labels: np.ndarray, n_classes: int, how: str) -> torch.Tensor:
+    """Cross-entropy weights against class imbalance, mean 1 over the labelled rows."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if how == "none":
+        w = np.ones(n_classes)
+    else:
+        w = 1.0 / np.maximum(counts, 1.0)
+        if how == "inverse-sqrt":
+            w = np.sqrt(w)
+    w = w / (w[labels].mean() if len(labels) else 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def fixmatch_loss(logits: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor | None, tau: float,
+                  lam: float, stats: dict | None = None) -> torch.Tensor:
+    """Supervised cross-entropy of the coded rows plus the FixMatch term (module docstring)."""
+    lab = codes >= 0
+    loss = F.cross_entropy(logits[lab], codes[lab], weight=weights) if lab.any() else logits.sum() * 0
+    weak_rows, strong_rows = codes == WEAK, codes == STRONG
+    if weak_rows.any():
+        with torch.no_grad():
+            conf, pseudo = torch.softmax(logits[weak_rows].float(), 1).max(1)
+            keep = (conf >= tau).float()
+        per_row = F.cross_entropy(logits[strong_rows], pseudo, reduction="none")
+        loss = loss + lam * (per_row * keep).mean()
+        if stats is not None:
+            stats["kept"] = stats.get("kept", 0) + int(keep.sum())
+            stats["seen"] = stats.get("seen", 0) + int(keep.numel())
+    return loss
+
+
+def admitted(order: np.ndarray, epoch: int, epochs: int, ms: MorphologySettings) -> np.ndarray:
+    """Indices of the unlabelled rows admitted in ``epoch`` (1-based); ``order`` is easiest first."""
+    if ms.curriculum == "none":
+        return order
+    ramp_epochs = max(1.0, ms.curriculum_ramp * epochs)
+    frac = min(1.0, ms.curriculum_start + (1 - ms.curriculum_start) * (epoch - 1) / ramp_epochs)
+    return order[:max(1, int(math.ceil(frac * len(order))))]
+
+
+def plan_epochs(ms: MorphologySettings) -> tuple[int, int]:
+    """-> (epochs, images per step) for the mode and the compute budget."""
+    per_step = ms.batch_size * (1 + 2 * ms.unlabelled_ratio) if ms.mode == "semi" else ms.batch_size
+    if ms.budget_images is None:
+        return ms.epochs, per_step
+    return max(1, int(ms.budget_images // (per_step * ms.steps_per_epoch))), per_step
+
+
+def network_config(ms: MorphologySettings, n_classes: int) -> dict:
+    from ..models.dat import DATConfig
+    from ..models.morph_cnn import CNNConfig
+    base = DATConfig if ms.network == "dat" else CNNConfig
+    preset = getattr(base, ms.preset, None)
+    if preset is None:
+        raise ConfigError(f"morphology.preset {ms.preset!r} does not exist for network {ms.network!r}")
+    return preset(num_classes=n_classes).to_dict()
+
+
+def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings, ts, net_cfg: dict,
+                   n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str):
+    """Runs in each training process (``backends.run``)."""
+    from ..models.dat import build_morphology_model
+    from .distributed import current
+    ctx = current()
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
+    torch.manual_seed(ms.seed)
+    cache = ts.cache_dir and str(Path(ts.cache_dir) / "morphology_masks") or str(default_mask_cache())
+    lab = read_cutout_set(labelled, ms.image_size, mask_cache=cache)
+    if (lab.labels < 0).any():
+        lab = dataclasses.replace(lab, x=lab.x[lab.labels >= 0], labels=lab.labels[lab.labels >= 0],
+                                  snr=lab.snr[lab.labels >= 0], ids=lab.ids[lab.labels >= 0])
+    rng = np.random.default_rng(ms.seed)
+    idx = rng.permutation(len(lab.labels))
+    n_val = max(n_classes, int(round(ms.val_fraction * len(idx))))
+    val_idx, tr_idx = np.sort(idx[:n_val]), np.sort(idx[n_val:])
+    y_all = torch.from_numpy(lab.labels)
+    weights = class_weights(lab.labels[tr_idx], n_classes, ms.class_weighting)
+    unl = None
+    if ms.mode == "semi":
+        unl = read_cutout_set(unlabelled, ms.image_size, label_col=None, rank=rank, world=world, mask_cache=cache)
+        order = np.argsort(difficulty(unl.snr), kind="stable")
+    epochs, per_step = plan_epochs(ms)
+    log(f"[{label}] {len(tr_idx)} labelled training rows, {len(val_idx)} validation "
+        f"({lab.n_flagged} flagged rows left out); "
+        + (f"{len(unl.labels)} unlabelled rows on this process ({unl.n_flagged} flagged left out), "
+           f"curriculum {ms.curriculum}; " if unl is not None else "")
+        + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images")
+    stats: dict = {}
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
+        pool = admitted(order, epoch, epochs, ms) if unl is not None else None
+        if stats.get("seen"):
+            log(f"[{label}]   pseudo-labels kept in epoch {epoch - 1}: {stats['kept'] / stats['seen']:.1%}"
+                + (f"; curriculum admits {len(pool)}/{len(order)} unlabelled rows" if pool is not None else ""))
+        stats.clear()
+        for _ in range(ms.steps_per_epoch):
+            li = torch.from_numpy(tr_idx)[torch.randint(0, len(tr_idx), (ms.batch_size,), generator=g)]
+            xs = [augment.weak(lab.x[li].float(), g)]
+            ys = [y_all[li]]
+            if pool is not None:
+                ui = torch.from_numpy(pool)[torch.randint(0, len(pool), (ms.batch_size * ms.unlabelled_ratio,),
+                                                          generator=g)]
+                u = unl.x[ui].float()
+                xs += [augment.weak(u, g), augment.strong(u, g)]
+                ys += [torch.full((len(ui),), WEAK), torch.full((len(ui),), STRONG)]
+            yield torch.cat(xs), torch.cat(ys)
+
+    def val_batches():
+        for s in range(0, len(val_idx), 128):
+            i = torch.from_numpy(val_idx[s:s + 128])
+            yield lab.x[i].float(), y_all[i]
+
+    def loss_fn(logits, codes):
+        return fixmatch_loss(logits, codes, weights.to(logits.device), ms.threshold, ms.unlabelled_weight, stats)
+
+    model = build_morphology_model(ms.network, net_cfg)
+    fit_ts = dataclasses.replace(ts, lr=ms.lr, betas=[0.9, 0.999], weight_decay=ms.weight_decay,
+                                 max_epochs=epochs, early_stop_patience=ms.early_stop_patience,
+                                 plateau_start_epoch=max(2, epochs // 3), plateau_patience=3,
+                                 sync_batchnorm=False, snapshot_every=0)
+    res = fit(model, loss_fn, batches, val_batches, fit_ts, label=label, checkpoint_dir=checkpoint_dir,
+              fingerprint=fingerprint, sharded=True, log=log)
+    meta = {"n_labelled_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
+            "n_labelled_flagged": lab.n_flagged, "class_weights": weights.tolist(),
+            "n_unlabelled_rank0": int(len(unl.labels)) if unl is not None else 0,
+            "epochs_planned": epochs, "images_per_step": per_step,
+            "images_seen": per_step * ms.steps_per_epoch * res.epochs_run * res.world_size}
+    return res, meta
+
+
+def _fingerprint(labelled: str, unlabelled: str | None, ms: MorphologySettings, net_cfg: dict) -> str:
+    blob = json.dumps({"labelled": str(labelled), "unlabelled": str(unlabelled),
+                       "settings": dataclasses.asdict(ms), "net": net_cfg}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir: str, log=None) -> dict:
+    """Train the configured network and write a model directory (safetensors + sha256 manifest)."""
+    from ..morphology.cutouts import check_cutout_table
+    from ..morphology.render import CLASSES
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    ms, ts = cfg.morphology, cfg.train
+    info = check_cutout_table(labelled)          # before any training process starts
+    if tuple(info.shape[1:]) != (ms.image_size, ms.image_size):
+        raise CatalogError(f"{labelled}: cutouts are {tuple(info.shape)}, morphology.image_size is {ms.image_size}")
+    if ms.mode == "semi":
+        if not unlabelled:
+            raise CatalogError("morphology.mode=semi needs an unlabelled cutout table")
+        uinfo = check_cutout_table(unlabelled)
+        if tuple(uinfo.shape) != tuple(info.shape) or list(uinfo.bands) != list(info.bands):
+            raise CatalogError(f"{unlabelled}: cutouts {tuple(uinfo.shape)} {list(uinfo.bands)} differ from the "
+                             f"labelled table's {tuple(info.shape)} {list(info.bands)}")
+    world = ts.num_processes if ts.backend != "local" else 1
+    if ms.mode == "semi" and uinfo.n_row_groups < world:
+        # Each process reads whole row groups of the unlabelled table; one with none would hang DDP.
+        raise CatalogError(f"{unlabelled} has {uinfo.n_row_groups} row group(s) for {world} training processes; "
+                           "write it with smaller row groups (make-cutouts --rows-per-group)")
+    torch.set_num_threads(ts.threads or os.cpu_count() or 1)
+    classes = list(CLASSES)
+    net_cfg = network_config(ms, len(classes))
+    label = f"morphology {ms.network}/{ms.mode}" + (f"+{ms.curriculum}" if ms.mode == "semi" else "")
+    ckpt = ts.checkpoint_dir or str(Path(out_dir) / "_checkpoints")
+    t0 = time.time()
+    res, meta = backends.run(ts.backend, _train_process, labelled, unlabelled if ms.mode == "semi" else None, ms,
+                             ts, net_cfg, len(classes), ckpt, _fingerprint(labelled, unlabelled, ms, net_cfg),
+                             label, options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
+                                             "local_mode": ts.local_mode})
+    manifest = {
+        "kind": KIND, "network": ms.network, "architecture": net_cfg, "classes": classes,
+        "bands": list(info.bands), "image_size": ms.image_size,
+        "inputs": "11 channels: 5 arcsinh-stretched bands, object mask, 5 NaN masks (lsst_spark_ml.morphology.inputs)",
+        "training": {"mode": ms.mode, "curriculum": ms.curriculum if ms.mode == "semi" else None,
+                     "settings": dataclasses.asdict(ms), "labelled": str(labelled),
+                     "unlabelled": str(unlabelled) if ms.mode == "semi" else None,
+                     "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                     "best_val_loss": res.best_val_loss, "seconds": round(time.time() - t0, 1),
+                     "backend": res.backend, "world_size": res.world_size, **meta},
+    }
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / TRAINING_LOG).write_text(json.dumps({"history": res.history}, indent=1, default=float) + "\n")
+    sha = save_artefact(out_dir, res.best_state, manifest)
+    if not ts.keep_checkpoints:
+        import shutil
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log(f"[{label}] model {sha[:16]}... written to {out_dir} in {time.time() - t0:.0f} s "
+        f"(best epoch {res.best_epoch}, validation loss {res.best_val_loss:.4f})")
+    return {"model_dir": str(out_dir), "model_sha256": sha, "manifest": manifest}
