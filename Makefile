@@ -74,3 +74,25 @@ docs:
 	@scripts/bootstrap.sh
 	.venv/bin/python scripts/config_reference.py
 	.venv/bin/python scripts/output_reference.py
+
+# Galaxy morphology (issue 8). The sets: 400 labelled (labelled domain), 3,600 unlabelled and 1,000 test
+# (survey domain) GalSim galaxies at 64 px; the shipped model is the DAT trained semi-supervised on them.
+MORPH_DATA = outputs/morphology_eval/data
+.PHONY: morphology-data train-morphology evaluate-morphology bench-morphology
+
+morphology-data:
+	@scripts/bootstrap.sh
+	[ -f $(MORPH_DATA)/manifest.json ] || .venv/bin/lsst-spark-ml morphology make-cutouts --out $(MORPH_DATA) \
+		--n-labelled 400 --n-unlabelled 3600 --n-test 1000
+
+train-morphology: morphology-data
+	.venv/bin/lsst-spark-ml morphology train --conf conf/morphology.yaml --set morphology.budget_images=150000 \
+		--labelled $(MORPH_DATA)/labelled --unlabelled $(MORPH_DATA)/unlabelled \
+		--out lsst_spark_ml/resources/models/morphology_dat $(ARGS)
+
+evaluate-morphology: morphology-data
+	.venv/bin/python scripts/evaluate_morphology.py --out outputs/morphology_eval --budget 150000 $(ARGS)
+
+bench-morphology:
+	@scripts/bootstrap.sh
+	.venv/bin/python benchmarks/morphology_inference.py --images 48 $(ARGS)

@@ -23,6 +23,11 @@ def default_dcp_dir() -> Path:
     return Path(__file__).resolve().parent / "resources" / "models" / "dcp_dc2"
 
 
+def default_morphology_dir() -> Path:
+    """The small DAT morphology classifier shipped inside the package (trained by ``make train-morphology``)."""
+    return Path(__file__).resolve().parent / "resources" / "models" / "morphology_dat"
+
+
 def default_asteroid_dir() -> Path:
     """The asteroid mixtures shipped inside the package (fitted by ``lsst-spark-ml asteroids fit``)."""
     return Path(__file__).resolve().parent / "resources" / "models" / "asteroids_classy"
@@ -197,10 +202,11 @@ def cmd_demo(args) -> int:
     cfg = _config(args)
     out = args.out or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     spark = _spark(cfg)
-    dcp, ast = default_dcp_dir(), default_asteroid_dir()
+    dcp, ast, morph = default_dcp_dir(), default_asteroid_dir(), default_morphology_dir()
     demo.run(spark, cfg, out, n_synthetic=args.rows, model_dir=args.model or str(default_model_dir()),
              dcp_dir=str(dcp) if (dcp / "manifest.json").exists() else None,
-             asteroid_dir=str(ast) if (ast / "semisupervised").exists() else None)
+             asteroid_dir=str(ast) if (ast / "semisupervised").exists() else None,
+             morphology_dir=str(morph) if (morph / "manifest.json").exists() else None)
     return 0
 
 

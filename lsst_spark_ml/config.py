@@ -251,7 +251,7 @@ class MorphologySettings:
     curriculum_start: float = 0.3      # fraction of the unlabelled rows admitted in the first epoch
     curriculum_ramp: float = 0.5       # fraction of the epochs after which every unlabelled row is admitted
     unlabelled_ratio: int = 3          # FixMatch mu: unlabelled rows per labelled row in a step
-    threshold: float = 0.9             # FixMatch tau: pseudo-labels kept when the weak view's confidence >= tau
+    threshold: float = 0.7             # FixMatch tau: pseudo-labels kept when the weak view's confidence >= tau
     unlabelled_weight: float = 1.0     # FixMatch lambda_u
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)

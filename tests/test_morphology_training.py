@@ -68,7 +68,7 @@ def test_budget_gives_both_modes_the_same_images():
     assert 0 <= 96_000 - e2 * p2 * 10 < p2 * 10         # semi: within one epoch of it, never over
 
 
-def test_weak_view_is_an_exact_symmetry_and_strong_view_keeps_masks():
+def test_weak_view_is_an_exact_symmetry_and_strong_view_moves_masks_only_with_geometry():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16, 11, 24, 24)
     x[:, 5:] = (torch.rand(16, 6, 24, 24) > 0.5).float()
@@ -76,7 +76,8 @@ def test_weak_view_is_an_exact_symmetry_and_strong_view_keeps_masks():
     for i in range(16):      # a flip/rotation permutes pixels: same multiset of values per channel
         assert torch.equal(torch.sort(w[i].flatten(1))[0], torch.sort(x[i].flatten(1))[0])
     s = augment.strong(x, torch.Generator().manual_seed(1))
-    ref = augment.weak(x, torch.Generator().manual_seed(1))       # same draws: same geometry
+    g1 = torch.Generator().manual_seed(1)                          # same draws: same geometry
+    ref = augment.zoom_out(augment.weak(x, g1), g1)
     assert torch.equal(s[:, 5:], ref[:, 5:])
     assert not torch.allclose(s[:, :5], ref[:, :5])
     assert torch.isfinite(s).all()
@@ -128,3 +129,15 @@ def test_loader_transform_decodes_binary_columns_with_exact_counts(tmp_path):
                         transform=lambda t: {"id": t.column("id").to_numpy()[:1]})
     with pytest.raises(RuntimeError, match="transform returned"):
         list(bad.epoch(0))
+
+
+def test_zoom_out_shrinks_the_object_and_conserves_its_flux():
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    blob = 50 * torch.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / (2 * 4.0 ** 2))
+    x = torch.zeros(1, 11, 32, 32)
+    x[0, :5] = torch.asinh(blob)
+    x[0, 5] = (blob > 5).float()
+    out = augment.zoom_out(x, torch.Generator().manual_seed(0), zooms=(0.5,))
+    assert float(out[0, 5].sum()) == pytest.approx(float(x[0, 5].sum()) / 4, rel=0.15)
+    flux = torch.sinh(out[0, 0]).sum()     # "area" keeps surface brightness: a quarter of the pixels
+    assert float(flux) == pytest.approx(float(blob.sum()) / 4, rel=0.1)

@@ -97,3 +97,27 @@ def output_schema(input_schema, attention: bool, keep_cutout: bool = False):
         fields += [T.StructField("morph_attention", T.BinaryType(), True),
                    T.StructField("morph_attention_shape", T.ArrayType(T.IntegerType(), False), True)]
     return T.StructType(fields)
+
+
+def morphology_pandas_udf(model, ms: MorphologySettings):
+    """``morphology_dat(cutout, cutout_shape, cutout_dtype)`` for SQL (``udfs.sql.register``): a struct of the
+    morphology columns (no attention map) per row, from the same per-worker cached predictor."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import StructType
+
+    schema = output_schema(StructType([]), False)
+
+    @pandas_udf(schema)
+    def morphology_dat(it: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        from lsst_spark_ml.morphology.cutouts import decode_cutouts
+        pred = _predictor(model, ms)
+        shape = (len(pred.manifest["bands"]), pred.image_size, pred.image_size)
+        for cutout, cshape, cdtype in it:
+            bands, flags = decode_cutouts(pa.array(cutout, pa.binary()),
+                                          pa.array(cshape, pa.list_(pa.int32())), pa.array(cdtype, pa.string()),
+                                          shape)
+            res = pred.predict(bands, flags, batch_size=ms.batch_size_predict)
+            arrays = output_arrays(res, pred.classes, pred.sha256, False)
+            yield pd.DataFrame({k: v.to_pandas() for k, v in arrays.items()})
+    return morphology_dat

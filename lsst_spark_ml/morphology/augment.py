@@ -4,12 +4,14 @@ Weak view (FixMatch): a random flip and a random multiple of 90 degrees. Galaxy 
 orientation or handedness, and on the pixel grid these are exact (no interpolation), so the object and NaN
 masks stay exact too.
 
-Strong view: the weak view, then what separates the survey from the labelled set, applied to the band
-channels in linear flux (the inputs are arcsinh-stretched, ``inputs.normalise``; ``sinh`` undoes the stretch
-in units of the stretch scale): a broader PSF (Gaussian blur, sigma drawn per image), a fainter object
-(flux times a factor in [dim_min, 1]) and more sky noise, then a random erased square (cutout). The masks are
-kept from the original observation: they say where the object and the missing pixels were measured, and a
-model must not learn to read the augmentation from them.
+Strong view: the weak view, then what separates the survey from the labelled set: a smaller galaxy
+(``zoom_out``: shrunk by up to 2x, masks shrunk with it), then on the band channels in linear flux (the inputs
+are arcsinh-stretched, ``inputs.normalise``; ``sinh`` undoes the stretch in units of the noise sigma) a broader
+PSF (Gaussian blur, sigma drawn per image), a fainter object (flux times a factor in [dim_min, 1]) and more sky
+noise, then a random erased square (cutout). The ranges cover the survey domain of ``morphology.render``
+(2 mag fainter at 1 mag shallower depth, 0.6x the size, PSF 1.05 against 0.7 arcsec). Photometric changes
+keep the masks of the original observation: they say where the object and the missing pixels were measured,
+and a model must not learn to read the augmentation from them.
 """
 from __future__ import annotations
 
@@ -49,10 +51,37 @@ def _blur(v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.reshape(n, c, h, w)
 
 
-def strong(x: torch.Tensor, generator: torch.Generator | None = None, *, max_blur: float = 1.5,
-           dim_min: float = 0.4, max_noise: float = 1.0, erase_frac: float = 0.25) -> torch.Tensor:
-    """The strong view (module docstring); the mask channels are carried unchanged."""
-    x = weak(x, generator)
+ZOOMS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def zoom_out(x: torch.Tensor, generator: torch.Generator | None = None, zooms=ZOOMS) -> torch.Tensor:
+    """The same galaxy seen smaller: each image shrunk by a factor drawn from ``zooms`` (band flux averaged
+    over the merged pixels, masks by nearest pixel) and centred in a canvas of fresh unit sky noise (the
+    stretch's scale is the noise sigma, ``inputs.normalise``) with no object and no missing pixels."""
+    n, c, h, w = x.shape
+    k = torch.randint(0, len(zooms), (n,), generator=generator)
+    out = x.clone()
+    for i, z in enumerate(zooms):
+        sel = k == i
+        if z >= 1.0 or not sel.any():
+            continue
+        hs, ws = max(4, int(round(h * z))), max(4, int(round(w * z)))
+        src = x[sel]
+        bands = F.interpolate(torch.sinh(src[:, :N_BANDS].float()), size=(hs, ws), mode="area")
+        masks = F.interpolate(src[:, N_BANDS:].float(), size=(hs, ws), mode="nearest")
+        canvas_b = torch.randn((len(src), N_BANDS, h, w), generator=generator)
+        canvas_m = torch.zeros((len(src), c - N_BANDS, h, w))
+        y0, x0 = (h - hs) // 2, (w - ws) // 2
+        canvas_b[:, :, y0:y0 + hs, x0:x0 + ws] = bands
+        canvas_m[:, :, y0:y0 + hs, x0:x0 + ws] = masks
+        out[sel] = torch.cat([torch.asinh(canvas_b), canvas_m], 1).to(x.dtype)
+    return out
+
+
+def strong(x: torch.Tensor, generator: torch.Generator | None = None, *, max_blur: float = 2.0,
+           dim_min: float = 0.15, max_noise: float = 2.0, erase_frac: float = 0.25) -> torch.Tensor:
+    """The strong view (module docstring)."""
+    x = zoom_out(weak(x, generator), generator)
     n, _, h, w = x.shape
     bands = torch.sinh(x[:, :N_BANDS].float())                        # linear flux, stretch-scale units
     sigma = torch.rand(n, generator=generator) * max_blur

@@ -80,12 +80,14 @@ def _cached_masks(table, cache_dir: Path | None, compute):
     """Object masks of a row group, from ``cache_dir`` when these exact cutout bytes were seen before.
 
     The mixture fits of the object mask cost far more than the network at 64 px, and every training run (and
-    every rank of it) reads the same tables: the masks are cached by the sha256 of the row group's cutout
-    bytes, so a changed table can never be served stale masks. Bit-packed: 512 bytes per 64 px cutout.
+    every rank of it) reads the same tables: the masks are cached by the sha256 of the mask code and of the
+    row group's cutout bytes, so a changed table or algorithm is never served stale masks. Bit-packed: 512
+    bytes per 64 px cutout.
     """
     if cache_dir is None:
         return compute()
-    h = hashlib.sha256()
+    from ..morphology import masks as mask_code
+    h = hashlib.sha256(Path(mask_code.__file__).read_bytes())     # new mask code: new cache entries
     for chunk in table.column("cutout").chunks:
         for buf in chunk.buffers():
             if buf is not None:
@@ -248,10 +250,17 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
                 ys += [torch.full((len(ui),), WEAK), torch.full((len(ui),), STRONG)]
             yield torch.cat(xs), torch.cat(ys)
 
+    # Early stopping and the best epoch are chosen on the validation rows as observed and on the same rows
+    # degraded towards the survey (the strong view, fixed draws): the model is for the survey, and the
+    # labelled domain alone rewards overfitting it.
+    g_val = torch.Generator().manual_seed(ms.seed + 17)
+    x_val = torch.cat([lab.x[torch.from_numpy(val_idx)].float(),
+                       augment.strong(lab.x[torch.from_numpy(val_idx)].float(), g_val)])
+    y_val = torch.cat([y_all[torch.from_numpy(val_idx)]] * 2)
+
     def val_batches():
-        for s in range(0, len(val_idx), 128):
-            i = torch.from_numpy(val_idx[s:s + 128])
-            yield lab.x[i].float(), y_all[i]
+        for s in range(0, len(x_val), 128):
+            yield x_val[s:s + 128], y_val[s:s + 128]
 
     def loss_fn(logits, codes):
         return fixmatch_loss(logits, codes, weights.to(logits.device), ms.threshold, ms.unlabelled_weight, stats)
