@@ -7,7 +7,7 @@ command after a failure resumes the release where it stopped.
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["release", "run", *sys.argv[1:]]))
+    sys.exit(run_job(["release", "run", *sys.argv[1:]]))

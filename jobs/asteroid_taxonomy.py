@@ -7,7 +7,7 @@ Same arguments as ``lsst-spark-ml asteroids ...``; the master comes from spark-s
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["asteroids", *sys.argv[1:]]))
+    sys.exit(run_job(["asteroids", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ Same arguments as ``lsst-spark-ml bayes run``; the master comes from spark-submi
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["bayes", "run", *sys.argv[1:]]))
+    sys.exit(run_job(["bayes", "run", *sys.argv[1:]]))

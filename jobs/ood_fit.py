@@ -6,7 +6,7 @@ Same arguments as ``lsst-spark-ml ood fit``; the master comes from spark-submit.
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["ood", "fit", *sys.argv[1:]]))
+    sys.exit(run_job(["ood", "fit", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ Same arguments as ``lsst-spark-ml photoz predict``; the master comes from spark-
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["photoz", "predict", *sys.argv[1:]]))
+    sys.exit(run_job(["photoz", "predict", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ Same arguments as ``lsst-spark-ml photoz train``; the master comes from spark-su
 """
 import sys
 
-from lsst_spark_ml.cli import main
+from lsst_spark_ml.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["photoz", "train", *sys.argv[1:]]))
+    sys.exit(run_job(["photoz", "train", *sys.argv[1:]]))

@@ -64,17 +64,17 @@ print({k: round(v, 4) for k, v in metrics["z_median"].items() if isinstance(v, f
 
 # COMMAND ----------
 
-import matplotlib
+import matplotlib.image as mpimg
 
-matplotlib.use("Agg")
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
+from lsst_spark_ml.plots import show
+from lsst_spark_ml.plots.canvas import figure, save
 
-fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-for ax, name in zip(axes, ("zphot_vs_zspec.png", "pit.png", "nz.png")):
+# The three evaluation PNGs side by side, in one figure.
+fig = figure(figsize=(15, 5))
+for ax, name in zip(fig.subplots(1, 3), ("zphot_vs_zspec.png", "pit.png", "nz.png")):
     ax.imshow(mpimg.imread(f"{OUT}/evaluation/{name}"))
     ax.axis("off")
-fig.savefig(f"{OUT}/quickstart_plots.png", dpi=80)
+show(save(fig, f"{OUT}/quickstart_plots.png", dpi=100))
 
 # COMMAND ----------
 

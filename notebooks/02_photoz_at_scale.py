@@ -22,21 +22,11 @@ OUT = os.environ.get("LSST_SPARK_ML_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="l
 
 # COMMAND ----------
 
+from lsst_spark_ml.plots import show
 from lsst_spark_ml.session import get_spark
 
 spark = globals().get("spark") or get_spark()
 print(spark.sparkContext.master, spark.sparkContext.defaultParallelism, "cores,", OUT)
-
-
-def show(png):
-    """Renders a saved PNG in a notebook (Jupyter, Databricks); as plain Python the file is the output."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(Image(filename=str(png)))
 
 # COMMAND ----------
 
@@ -99,11 +89,10 @@ predictions.select("objectId", "z_median", "z_lo68", "z_hi68", "flags", TRUTH_CO
 # COMMAND ----------
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from pyspark.sql import functions as F
 
 from lsst_spark_ml.features import flags as fl
+from lsst_spark_ml.plots.canvas import figure, save
 
 bands = meta["bands"]
 bits = ([(f"NONDETECT_{b}", fl.NONDETECT_SHIFT + k) for k, b in enumerate(bands)]
@@ -118,16 +107,14 @@ counts = {name: row[name] for name, _ in bits if row[name]}
 print(f"{row['any']:,} of {row['rows']:,} rows have at least one flag;", row["NO_ESTIMATE"], "have no estimate")
 print(counts)
 
-fig = Figure(figsize=(9, 3.6))
-FigureCanvasAgg(fig)
+fig = figure(figsize=(9, 3.6))
 ax = fig.add_subplot()
 ax.bar(list(counts), list(counts.values()), color="tab:blue")
 ax.set_yscale("log")
 ax.set_ylabel("rows with the bit set")
 ax.set_title(f"flags of {row['rows']:,} rows ({row['any']:,} with any bit)")
 ax.tick_params(axis="x", rotation=70, labelsize=8)
-fig.savefig(f"{OUT}/flag_counts.png", dpi=100, bbox_inches="tight")
-show(f"{OUT}/flag_counts.png")
+show(save(fig, f"{OUT}/flag_counts.png", dpi=100))
 
 # COMMAND ----------
 
@@ -186,16 +173,14 @@ if TRUTH_COL:
     by_mag = pd.DataFrame(table)
     print(by_mag.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
-    fig = Figure(figsize=(11, 3.4))
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(11, 3.4))
     for j, (col, label) in enumerate([("sigma_nmad", "sigma_NMAD"), ("outliers", "outlier fraction"),
                                       ("crps", "CRPS")]):
         ax = fig.add_subplot(1, 3, j + 1)
         ax.plot(by_mag["i"], by_mag[col], "o-")
         ax.set(xlabel="i magnitude", ylabel=label)
     fig.tight_layout()
-    fig.savefig(f"{OUT}/metrics_by_magnitude.png", dpi=100)
-    show(f"{OUT}/metrics_by_magnitude.png")
+    show(save(fig, f"{OUT}/metrics_by_magnitude.png", dpi=100))
 
 # COMMAND ----------
 

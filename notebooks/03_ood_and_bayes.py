@@ -25,21 +25,11 @@ OUT = os.environ.get("LSST_SPARK_ML_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="l
 
 from pyspark.sql import functions as F
 
+from lsst_spark_ml.plots import show
 from lsst_spark_ml.session import get_spark
 
 spark = globals().get("spark") or get_spark()
 print(spark.sparkContext.master, OUT)
-
-
-def show(png):
-    """Renders a saved PNG in a notebook (Jupyter, Databricks); as plain Python the file is the output."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(Image(filename=str(png)))
 
 # COMMAND ----------
 
@@ -185,9 +175,9 @@ if "redshift" in merged.columns:
 
 # COMMAND ----------
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from pyspark.sql import Window
+
+from lsst_spark_ml.plots.canvas import figure, save
 
 bins = vi["bins"]
 edges = np.linspace(bins["z_min"], bins["z_max"], bins["n_bins"] + 1)
@@ -202,8 +192,7 @@ if KIND_COL:
     rank = F.row_number().over(Window.partitionBy(KIND_COL).orderBy(F.desc("_mcmc"), "id"))
     picked = picked.withColumn("_k", rank).where(F.col("_k") <= F.when(F.col(KIND_COL) == "galaxy", 3).otherwise(1))
 rows = [r.asDict() for r in picked.orderBy(*([KIND_COL] if KIND_COL else []), "id").limit(6).collect()]
-fig = Figure(figsize=(12, 6))
-FigureCanvasAgg(fig)
+fig = figure(figsize=(12, 6))
 for j, r in enumerate(rows):
     ax = fig.add_subplot(2, 3, j + 1)
     for p, label, style in ((r["pdf"], "network (DCP TS3)", {"color": "C0"}),
@@ -225,5 +214,4 @@ if rows:
 fig.supxlabel("z")
 fig.supylabel("p(z)")
 fig.tight_layout()
-fig.savefig(f"{OUT}/network_vs_bayes_pdfs.png", dpi=100)
-show(f"{OUT}/network_vs_bayes_pdfs.png")
+show(save(fig, f"{OUT}/network_vs_bayes_pdfs.png", dpi=100))

@@ -59,13 +59,9 @@ spark.read.parquet(f"{OUT}/influence/influence").select("id", "redshift", "helpf
 
 # COMMAND ----------
 
-import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
+from lsst_spark_ml.plots import show
 
-fig, ax = plt.subplots(figsize=(15, 4.5))
-ax.imshow(mpimg.imread(f"{OUT}/influence/influence_colour_space.png"))
-ax.axis("off")
-fig.savefig(f"{OUT}/influence_plots.png", dpi=80)
+show(f"{OUT}/influence/influence_colour_space.png")
 
 # COMMAND ----------
 
@@ -83,7 +79,4 @@ print(chosen[["rank", "id", "z_phot", "priority", "reason"]].head(10).to_string(
 
 # COMMAND ----------
 
-fig, ax = plt.subplots(figsize=(12, 4.5))
-ax.imshow(mpimg.imread(f"{OUT}/targets/targets_colour_space.png"))
-ax.axis("off")
-fig.savefig(f"{OUT}/targets_plots.png", dpi=80)
+show(f"{OUT}/targets/targets_colour_space.png")

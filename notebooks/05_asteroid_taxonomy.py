@@ -26,21 +26,11 @@ OUT = os.environ.get("LSST_SPARK_ML_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="l
 
 from pyspark.sql import functions as F
 
+from lsst_spark_ml.plots import show
 from lsst_spark_ml.session import get_spark
 
 spark = globals().get("spark") or get_spark()
 print(spark.sparkContext.master, OUT)
-
-
-def show(png):
-    """Renders a saved PNG in a notebook (Jupyter, Databricks); as plain Python the file is the output."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(Image(filename=str(png)))
 
 # COMMAND ----------
 

@@ -74,12 +74,7 @@ print({stage: {k: v for k, v in s.items() if k in ("rows_in", "rows_out", "parti
 
 import glob
 
-import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
+from lsst_spark_ml.plots import show
 
-pngs = sorted(glob.glob(f"{release_dir}/**/*.png", recursive=True))[:3]
-fig, axes = plt.subplots(1, max(1, len(pngs)), figsize=(6 * max(1, len(pngs)), 4))
-for ax, png in zip(list(getattr(axes, "flat", [axes])), pngs):
-    ax.imshow(mpimg.imread(png))
-    ax.axis("off")
-fig.savefig(f"{OUT}/release_plots.png", dpi=80)
+for png in sorted(glob.glob(f"{release_dir}/**/*.png", recursive=True))[:3]:
+    show(png)

@@ -152,6 +152,35 @@ def test_pipeline_model_saves_as_json_and_reloads(semi_model, labelled_df, tmp_p
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_classify_arrays_answers_what_transform_answers(semi_model, labelled_df):
+    from pyspark.sql import functions as F
+
+    from lsst_spark_ml.estimators.asteroids import NO_COLOUR
+    model = semi_model.stages[-1]
+    df = labelled_df.where("id % 10 >= 7")
+    # Missing bands, and rows with no colour at all, so that marginalised and null answers are compared too.
+    for b, k in zip(BANDS, (11, 13, 7, 17, 5)):
+        df = df.withColumn(f"mag_{b}", F.when((F.col("id") % k == 0) | (F.col("id") % 29 == 0), None)
+                           .otherwise(F.col(f"mag_{b}")))
+    ref = semi_model.transform(df).orderBy("id").toPandas()
+    got = model.classify_arrays(np.stack(ref["refl_mag"]), np.stack(ref["refl_err"]))
+    none = ref["probability"].isna().to_numpy()
+    assert none.sum() >= 3 and (ref["asteroid_flags"].to_numpy()[none] & NO_COLOUR).all()
+    assert ((ref["asteroid_flags"] & 0xFF) != 0).mean() > 0.3
+    for c in ("asteroid_class", "asteroid_complex"):
+        assert got[c].tolist() == ref[c].tolist()
+    np.testing.assert_array_equal(got["asteroid_flags"], ref["asteroid_flags"].to_numpy())
+    np.testing.assert_array_equal(got["prediction"], ref["prediction"].to_numpy(float))
+    # Rows are grouped by missing-band pattern within a batch, and transform's batches are other than this
+    # one array: sums may differ in the last bit.
+    for c in ("max_probability", "log_likelihood", "unusual_score"):
+        np.testing.assert_allclose(got[c], ref[c].to_numpy(float), rtol=1e-12, equal_nan=True)
+    assert np.isnan(got["probability"][none]).all()
+    np.testing.assert_allclose(got["probability"][~none], np.stack(ref.loc[~none, "probability"]), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"\(N, 5\) for bands \['g', 'r', 'i', 'z', 'y'\], got \(3, 4\)"):
+        model.classify_arrays(np.zeros((3, 4)), np.zeros((3, 4)))
+
+
 def test_every_row_comes_out_and_bad_rows_are_flagged(spark, semi_model):
     from lsst_spark_ml.estimators.asteroids import LOW_PROBABILITY, NO_COLOUR, UNUSUAL
     sun = SOLAR_AB["lsst"]

@@ -159,6 +159,34 @@ def test_help_of_every_command(tmp_path):
     assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, show(proc)
 
 
+RUN_JOB_PROBE = """
+import sys
+from pyspark.sql import SparkSession
+from lsst_spark_ml.cli import main, run_job
+args = ["photoz", "predict", "--catalog", sys.argv[1], "--out", sys.argv[2], "--master", "local[1]"]
+assert main(args) == 2                    # refused (no such catalog) once its session is up
+spark = SparkSession.getActiveSession()
+assert spark is not None and spark.sparkContext._jsc is not None, "main stopped the session"
+assert run_job(args) == 2                 # main's exit code, then the session is gone
+assert SparkSession.getActiveSession() is None and spark.sparkContext._jsc is None, "run_job left Spark running"
+print("probe ok")
+"""
+
+
+def test_run_job_stops_spark_after_main_and_main_does_not(tmp_path):
+    proc = run([sys.executable, "-c", RUN_JOB_PROBE, tmp_path / "no_such_catalog", tmp_path / "out"], cwd=tmp_path,
+               timeout=120)
+    assert proc.returncode == 0 and "probe ok" in proc.stdout, show(proc)
+
+
+def test_every_job_runs_through_run_job():
+    jobs = sorted((REPO / "jobs").glob("*.py"))
+    assert len(jobs) >= 10
+    for job in jobs:
+        text = job.read_text()
+        assert "sys.exit(run_job([" in text and "main(" not in text, f"{job.name} does not stop Spark via run_job"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def assert_refused_before_any_job(proc: subprocess.CompletedProcess, code: int | None, *needles: str) -> None:

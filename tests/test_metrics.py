@@ -234,3 +234,41 @@ def test_plot_inputs_and_figures(data, tmp_path):
     assert sorted(x.name for x in paths) == ["example_pdfs.png", "nz.png", "pit.png", "zphot_vs_zspec.png"]
     for x in paths:
         assert x.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and x.stat().st_size > 10_000
+
+
+PLOTS_PROBE = """
+import sys
+
+import matplotlib
+
+matplotlib.use("svg")       # stands for a notebook's inline backend: anything but Agg
+import numpy as np
+
+from lsst_spark_ml.plots.influence import influence_colour_space, targets_colour_space
+from lsst_spark_ml.plots.ood import score_histograms
+
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+mag = rng.normal(22, 1, (300, 6))
+bands = list("ugrizy")
+score_histograms({"galaxy": rng.gamma(2, 0.3, 500), "star": rng.gamma(4, 0.5, 200)},
+                 {"tercile_1": 0.4, "tercile_2": 0.8, "flag": 1.5}, f"{out}/ood.png")
+influence_colour_space(mag, rng.uniform(0, 3, 300), bands, rng.random(300) < 0.05,
+                       {"mag": mag[0], "helpful": rng.random(300) < 0.03, "harmful": rng.random(300) < 0.03,
+                        "id": 7}, f"{out}/influence.png")
+targets_colour_space(mag[:100], mag[100:], mag[:10], bands, f"{out}/targets.png")
+assert matplotlib.get_backend() == "svg", f"a plot switched the backend to {matplotlib.get_backend()}"
+assert "matplotlib.pyplot" not in sys.modules, "a plot imported pyplot"
+print("probe ok")
+"""
+
+
+def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", PLOTS_PROBE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stderr[-3000:]
+    for name in ("ood.png", "influence.png", "targets.png"):
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name

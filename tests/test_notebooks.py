@@ -27,3 +27,10 @@ def test_notebook_runs_top_to_bottom(notebook, tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "quickstart_plots.png").is_file() or "quickstart" not in notebook.stem
+
+
+def test_show_prints_the_path_outside_ipython(tmp_path, capsys):
+    from lsst_spark_ml.plots import show
+    png = tmp_path / "figure.png"
+    assert show(png) is None
+    assert capsys.readouterr().out == f"{png}\n"

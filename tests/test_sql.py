@@ -11,17 +11,27 @@ from lsst_spark_ml.inference.photoz import PhotozPredictor
 from udfs.sql import register
 
 
-def test_photoz_from_sql_matches_the_predictor(spark, tiny_model):
-    v, e, z, ids = load_dc2("validation", 400)
+FLUX_COLS = [c for b in BANDS for c in (f"{b}_cModelFlux", f"{b}_cModelFluxErr")]
+FLUX_PARAMS = [c for b in BANDS for c in (f"{b}_flux", f"{b}_flux_err")]
+
+
+def flux_view(spark, n: int, name: str = "object"):
+    """The first ``n`` DC2 validation galaxies as an Object table with nJy fluxes, as a temporary view."""
+    v, e, z, ids = load_dc2("validation", n)
     flux = 10 ** (-0.4 * (np.where(v > 90, 40.0, v) - 31.4))
     ferr = flux * e / 1.0857
     pdf = pd.DataFrame({"objectId": ids})
     for k, b in enumerate(BANDS):
         pdf[f"{b}_cModelFlux"], pdf[f"{b}_cModelFluxErr"] = flux[:, k], ferr[:, k]
-    spark.createDataFrame(pdf).createOrReplaceTempView("object")
+    spark.createDataFrame(pdf).createOrReplaceTempView(name)
+    return flux, ferr, ids
+
+
+def test_photoz_from_sql_matches_the_predictor(spark, tiny_model):
+    flux, ferr, ids = flux_view(spark, 400)
     sig = register(spark, {"photoz_test": str(tiny_model[0])})
-    assert sig["photoz_test"] == [c for b in BANDS for c in (f"{b}_value", f"{b}_error")]
-    args = ", ".join(f"{b}_cModelFlux, {b}_cModelFluxErr" for b in BANDS)
+    assert sig["photoz_test"] == FLUX_PARAMS
+    args = ", ".join(FLUX_COLS)
     out = spark.sql(f"SELECT objectId, photoz_test({args}) AS pz FROM object").select(
         "objectId", "pz.z_median", "pz.flags", "pz.model_sha256").toPandas().set_index("objectId").loc[ids]
     # The SQL function runs with the default precision, auto: resolve the reference the same way.
@@ -30,6 +40,54 @@ def test_photoz_from_sql_matches_the_predictor(spark, tiny_model):
     np.testing.assert_allclose(out["z_median"].to_numpy(), ref["z_median"], rtol=1e-6)
     np.testing.assert_array_equal(out["flags"].to_numpy(), ref["flags"])
     assert (out["model_sha256"] == tiny_model[1]).all()
+
+
+def test_photoz_and_ood_functions_check_their_arguments_at_analysis(spark, tiny_model):
+    from pyspark.errors import AnalysisException, PythonException
+
+    from lsst_spark_ml.cli import default_dcp_dir
+    from lsst_spark_ml.config import InferenceSettings
+    from lsst_spark_ml.io.columns import ResolvedColumns
+    from lsst_spark_ml.inference.schema import spark_struct
+    from udfs.dcp import dcp_pandas_udf
+    from udfs.dcp import spark_struct as dcp_struct
+    from udfs.photoz import broadcast_model, photoz_pandas_udf
+    flux_view(spark, 60, "object60")
+    sig = register(spark, {"pz_checked": str(tiny_model[0]), "ood_checked": str(default_dcp_dir())})
+    assert sig == {"pz_checked": FLUX_PARAMS, "ood_checked": FLUX_PARAMS}
+    # Magnitudes: the parameters say so.
+    assert register(spark, {"pz_mag": str(tiny_model[0])}, photometry="mag")["pz_mag"] == [
+        c for b in BANDS for c in (f"{b}_mag", f"{b}_mag_err")]
+    eleven = ", ".join(FLUX_COLS[:11])
+    for name in sig:
+        # spark.sql only analyses: raising here means no job ran. Spark 4.3 prints the 12 as "[1, 2]".
+        with pytest.raises(AnalysisException, match=rf"WRONG_NUM_ARGS.*`{name}` requires .* actual number is 11"):
+            spark.sql(f"SELECT {name}({eleven}) FROM object60")
+    # Named arguments, in reverse order, give the positional answer, every field of the struct.
+    named = ", ".join(f"{p} => {c}" for p, c in reversed(list(zip(FLUX_PARAMS, FLUX_COLS))))
+    for name, struct in (("pz_checked", spark_struct()), ("ood_checked", dcp_struct())):
+        # The UDF's own result type, not a declared one: pdf keeps its non-null elements.
+        assert spark.sql(f"SELECT {name}({named}) AS r FROM object60").schema["r"].dataType == struct
+        a = spark.sql(f"SELECT objectId, {name}({named}) AS r FROM object60").select("objectId", "r.*")
+        b = spark.sql(f"SELECT objectId, {name}({', '.join(FLUX_COLS)}) AS r FROM object60").select(
+            "objectId", "r.*")
+        assert a.schema == b.schema
+        a, b = (x.toPandas().sort_values("objectId", ignore_index=True) for x in (a, b))
+        assert len(a) == 60 and a["z_median"].notna().sum() > 50
+        pd.testing.assert_frame_equal(a.drop(columns="pdf"), b.drop(columns="pdf"))
+
+        def pdfs(x):
+            return [None if p is None else p.tolist() for p in x["pdf"]]
+        assert pdfs(a) == pdfs(b)
+    # From the DataFrame API there is no SQL signature: the UDFs themselves say what they take.
+    cols = ResolvedColumns("flux", BANDS, FLUX_PARAMS[0::2], FLUX_PARAMS[1::2])
+    df = spark.table("object60")
+    for make, model, func in ((photoz_pandas_udf, tiny_model[0], "photoz"),
+                              (dcp_pandas_udf, default_dcp_dir(), "ood_dcp")):
+        udf = make(broadcast_model(spark, str(model)), cols, InferenceSettings())
+        with pytest.raises(PythonException,
+                           match=rf"{func} takes 12 arguments \(u_flux, u_flux_err, .*y_flux_err\), got 11"):
+            df.select(udf(*FLUX_COLS[:11])).collect()
 
 
 # ----------------------------------------------------------------------------- asteroid_class

@@ -1,10 +1,11 @@
 """The asteroid taxonomy model as a pandas UDF: per-band magnitudes in, class, probabilities and flags out.
 
 Thin like ``udfs.photoz``: the posterior, the flags and the class names come from the fitted
-``pyspark.ml`` model itself (``estimators.asteroids``, its own Arrow mapper), so the function answers exactly
-what ``PipelineModel.transform`` answers. The model directory is read once on the driver (``load_spec``);
-what travels to the workers is its JSON (a few kB: mixture, classes, params), and each Python worker rebuilds
-the model once, in the per-worker cache keyed by the sha256 of that JSON.
+``pyspark.ml`` model itself (``estimators.asteroids``: its ``classify_arrays`` and ``arrow_columns``, which its
+own transform uses), so the function answers exactly what ``PipelineModel.transform`` answers. The model
+directory is read once on the driver (``load_spec``); what travels to the workers is its JSON (a few kB:
+mixture, classes, params), and each Python worker rebuilds the model once, in the per-worker cache keyed by
+the sha256 of that JSON.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def load_spec(spark, model_dir: str) -> dict:
     """Read the model on the driver; a fit directory serves its semi-supervised (seven-class) pipeline."""
     from pyspark.ml import PipelineModel
 
-    from lsst_spark_ml.estimators.asteroids import ReflectanceFeatures, _TaxonomyModelBase
+    from lsst_spark_ml.estimators.asteroids import (AsteroidClusteringModel, ReflectanceFeatures,
+                                                    SemiSupervisedAsteroidGMMModel)
     from lsst_spark_ml.pipelines.asteroids import META_FILE
     path = Path(model_dir)
     if (path / META_FILE).is_file():
@@ -52,7 +54,7 @@ def load_spec(spark, model_dir: str) -> dict:
                            f"({str(exc).splitlines()[0]})") from None
     stages = pipe.stages
     if len(stages) != 2 or not isinstance(stages[0], ReflectanceFeatures) \
-            or not isinstance(stages[1], _TaxonomyModelBase):
+            or not isinstance(stages[1], (SemiSupervisedAsteroidGMMModel, AsteroidClusteringModel)):
         raise CatalogError(f"{path}: expected the pipeline [ReflectanceFeatures, asteroid mixture model], got "
                            f"{[type(s).__name__ for s in stages]}")
     feats, model = stages
@@ -78,7 +80,7 @@ def arguments(spec: dict) -> list[str]:
 
 
 def _classifier(spec: dict):
-    """(Arrow mapper of the rebuilt model, solar magnitudes), once per Python worker and model."""
+    """(the rebuilt model, solar magnitudes), once per Python worker and model."""
     from lsst_spark_ml.inference import cache
 
     def load():
@@ -88,7 +90,7 @@ def _classifier(spec: dict):
         module, name = spec["model_class"].rsplit(".", 1)
         model = getattr(importlib.import_module(module), name)(mixture=spec["mixture"], classes=spec["classes"])
         model._set(**spec["params"])
-        return model._mapper(list(MODEL_COLUMNS)), solar_mags(spec["bands"], spec["system"])
+        return model, solar_mags(spec["bands"], spec["system"])
     return cache.get_or_load((spec["sha256"], "asteroids"), load)
 
 
@@ -104,22 +106,16 @@ def classify_arrays(spec: dict, mags: np.ndarray, errs: np.ndarray):
     """(N, B) magnitudes and errors -> an Arrow RecordBatch of the struct's fields (one row per input row)."""
     import pyarrow as pa
 
-    from lsst_spark_ml.estimators.asteroids import UNUSUAL
-    mapper, sun = _classifier(spec)
-    m, e = reflectance(mags, errs, sun)
-    n, b = m.shape
-    offsets = pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32))
-    batch = pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(offsets, pa.array(x.ravel())) for x in (m, e)],
-                                       names=[FEATURES, ERRORS])
-    out = next(iter(mapper(iter([batch]))))
-    col = {name: out.column(name) for name in MODEL_COLUMNS}
+    from lsst_spark_ml.estimators.asteroids import UNUSUAL, arrow_columns
+    model, sun = _classifier(spec)
+    col = arrow_columns(model.classify_arrays(*reflectance(mags, errs, sun)))
     score = col["unusual_score"]
     flags = col["asteroid_flags"].to_numpy(zero_copy_only=False)
     unusual = pa.array((flags & UNUSUAL) != 0, mask=np.asarray(score.is_null().to_numpy(zero_copy_only=False)))
     return pa.RecordBatch.from_arrays(
         [col["asteroid_class"], col["asteroid_complex"], col["max_probability"], col["probability"],
          col["log_likelihood"], score, unusual, col["asteroid_flags"],
-         pa.array([spec["sha256"]] * n, pa.string())],
+         pa.array([spec["sha256"]] * len(flags), pa.string())],
         names=["asteroid_class", "asteroid_complex", "max_probability", "probability", "log_likelihood",
                "unusual_score", "unusual", "asteroid_flags", "model_sha256"])
 
@@ -140,14 +136,3 @@ def asteroid_pandas_udf(spec: dict):
             mags, errs = np.column_stack(cols[0::2]), np.column_stack(cols[1::2])
             yield classify_arrays(spec, mags, errs).to_pandas()
     return asteroid_class
-
-
-def sql_function_ddl(name: str, impl_name: str, spec: dict) -> str:
-    """A temporary SQL function with named, typed parameters over the registered pandas UDF.
-
-    Python UDFs take any number of arguments; the SQL function makes a wrong count an analysis error that
-    names the function and its arity, and allows named arguments (``g_mag => ...``)."""
-    args = arguments(spec)
-    return (f"CREATE OR REPLACE TEMPORARY FUNCTION {name}({', '.join(f'{a} DOUBLE' for a in args)}) "
-            f"RETURNS STRUCT<{STRUCT_DDL}> "
-            f"RETURN {impl_name}({', '.join(args)})")

@@ -15,7 +15,7 @@ from lsst_spark_ml.inference import cache
 from lsst_spark_ml.inference.dcp import OOD_COLUMNS
 from lsst_spark_ml.inference.schema import OUTPUT_COLUMNS, arrow_columns, spark_fields
 from lsst_spark_ml.io.columns import ResolvedColumns
-from udfs.photoz import _column_getter_arrow, _photometry, broadcast_model  # noqa: F401  (re-exported)
+from udfs.photoz import _column_getter_arrow, _photometry, broadcast_model, check_arity  # noqa: F401  (re-exported)
 
 
 def _predictor(model, inf: InferenceSettings):
@@ -89,6 +89,7 @@ def dcp_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings, with_pd
     def ood_dcp(it: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         pred = _predictor(model, inf)
         for series in it:
+            check_arity("ood_dcp", names, series)
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)

@@ -56,6 +56,15 @@ def _photometry(get, cols: ResolvedColumns):
     return values, errors, ebv
 
 
+def check_arity(func: str, names: list[str], args) -> None:
+    """A pandas UDF called from the DataFrame API has no SQL signature in front of it: say what it takes.
+
+    ``args``: what an iterator pandas UDF gets per batch (a tuple of Series, or one Series for one argument)."""
+    n = len(args) if isinstance(args, tuple) else 1
+    if n != len(names):
+        raise TypeError(f"{func} takes {len(names)} arguments ({', '.join(names)}), got {n}")
+
+
 def _column_getter_arrow(batch: pa.RecordBatch):
     def get(name: str) -> np.ndarray:
         col = batch.column(name)
@@ -170,6 +179,7 @@ def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
         pred = _predictor(model, inf)
         sha256 = pred.sha256
         for series in it:
+            check_arity("photoz", names, series)
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)

@@ -27,6 +27,7 @@ adds one vector of K (1 + D + D^2) numbers per partition and holds a bounded ini
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pyspark import keyword_only
@@ -41,6 +42,9 @@ from ..asteroids import mixture as mx
 from ..asteroids.colours import solar_mags
 from ..asteroids.labels import COMPLEXES, SEVEN_CLASSES, SEVEN_TO_COMPLEX
 from ..errors import CatalogError, LsstSparkMLError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NO_COLOUR = 1 << 8
 LOW_PROBABILITY = 1 << 9
@@ -131,6 +135,26 @@ def _arrays(batch, feat: str, err: str, n_bands: int) -> tuple[np.ndarray, np.nd
     if bad.any():
         raise CatalogError(f"column {feat!r} has arrays of length {int(lm[bad][0])}; the model has {n_bands} bands")
     return m, e
+
+
+def arrow_columns(result: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+    """``classify_arrays``' result -> the Arrow columns ``transform`` appends, in its order, under the same
+    keys: nulls where a row has no colour, ``probability`` as a list<double> per row."""
+    import pyarrow as pa
+    flags = np.asarray(result["asteroid_flags"], dtype=np.int64)
+    none = (flags & NO_COLOUR) != 0
+    probs = np.asarray(result["probability"], dtype=np.float64)
+    n, n_classes = probs.shape
+    offsets = np.arange(n + 1, dtype=np.int32) * n_classes
+    return {"probability": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.nan_to_num(probs).ravel()),
+                                                    mask=pa.array(none)),
+            "prediction": pa.array(result["prediction"], mask=none),
+            "asteroid_class": pa.array(result["asteroid_class"].tolist(), pa.string()),
+            "asteroid_complex": pa.array(result["asteroid_complex"].tolist(), pa.string()),
+            "max_probability": pa.array(result["max_probability"], mask=none),
+            "log_likelihood": pa.array(result["log_likelihood"], mask=none),
+            "unusual_score": pa.array(result["unusual_score"], mask=none),
+            "asteroid_flags": pa.array(flags, pa.int64())}
 
 
 # ----------------------------------------------------------------------------- fitting on Spark
@@ -256,41 +280,66 @@ class _TaxonomyModelBase(Model, _TaxonomyParams, MLWritable, MLReadable):
 
     def _mapper(self, out_cols):
         import pyarrow as pa
-        pj = json.dumps(self._mixture.to_dict())
+        classify = self._classifier()
+        feat, err = self.getOrDefault(self.featuresCol), self.getOrDefault(self.errorsCol)
+        n_bands = len(self.getOrDefault(self.bands))
+
+        def fn(batches):
+            for b in batches:
+                cols = arrow_columns(classify(*_arrays(b, feat, err, n_bands)))
+                yield pa.RecordBatch.from_arrays(list(b.columns) + list(cols.values()),
+                                                 names=list(b.schema.names) + out_cols)
+
+        return fn
+
+    # -- arrays
+    def classify_arrays(self, refl_mag, refl_err) -> dict[str, np.ndarray]:
+        """Classify (N, B) reflectance magnitudes and their errors (B = ``bands``, in that order), no Spark.
+
+        What ``transform`` computes for the same rows, as numpy arrays keyed by the default output column
+        names: ``probability`` (N, C) in ``getClasses()`` order, ``prediction``, ``asteroid_class`` and
+        ``asteroid_complex`` (object arrays), ``max_probability``, ``log_likelihood``, ``unusual_score`` and
+        ``asteroid_flags`` (int64). A row without a colour (NO_COLOUR) has NaN and None where ``transform``
+        has nulls; ``arrow_columns`` turns the result into the Arrow columns of ``transform``. NaN marks a
+        missing magnitude or error, as in ``featuresCol``; ``ReflectanceFeatures`` says how to get
+        reflectance magnitudes from apparent ones."""
+        m, e = np.asarray(refl_mag, dtype=np.float64), np.asarray(refl_err, dtype=np.float64)
+        n_bands = len(self.getOrDefault(self.bands))
+        if m.ndim != 2 or m.shape[1] != n_bands or e.shape != m.shape:
+            raise ValueError(f"expected magnitudes and errors of shape (N, {n_bands}) for bands "
+                             f"{self.getOrDefault(self.bands)}, got {m.shape} and {e.shape}")
+        return self._classifier()(m, e)
+
+    def _classifier(self):
+        """``classify_arrays`` without the checks, as a closure over plain data only (the mixture, class
+        names and thresholds), so that ``transform`` ships it to the workers without the model object."""
+        params = mx.MixtureParams.from_dict(self._mixture.to_dict())
         classes = list(self._classes)
         names = np.array(classes + [UNASSIGNED], dtype=object)
         complexes = np.array([self._complex_of(c) for c in classes] + [UNASSIGNED], dtype=object)
-        feat, err = self.getOrDefault(self.featuresCol), self.getOrDefault(self.errorsCol)
-        n_bands, ref = len(self.getOrDefault(self.bands)), self._ref_index()
+        ref = self._ref_index()
         pmin, uthr = self.getOrDefault(self.minProbability), self.getOrDefault(self.unusualThreshold)
         unassign = self._assign_unassigned()
 
-        def fn(batches):
-            p = mx.MixtureParams.from_dict(json.loads(pj))
-            for b in batches:
-                m, e = _arrays(b, feat, err, n_bands)
-                probs, ll, tail, nused = mx.posterior(p, m, e, ref, len(classes))
-                ok = nused >= 2
-                flags = mx.pattern_codes(~mx.usable(m, e)).astype(np.int64)
-                best = np.where(ok, np.nanargmax(np.where(ok[:, None], probs, 0.0), axis=1), 0)
-                pmax = np.where(ok, np.nanmax(np.where(ok[:, None], probs, -1.0), axis=1), np.nan)
-                score = -np.log10(np.maximum(tail, 1e-300))
-                low = ok & (pmax < pmin)
-                flags |= np.where(~ok, NO_COLOUR, 0) | np.where(low, LOW_PROBABILITY, 0)
-                flags |= np.where(ok & (score > uthr), UNUSUAL, 0)
-                idx = np.where(low & unassign, len(classes), best)
-                cls = np.where(ok, names[idx], None)
-                cpx = np.where(ok, complexes[idx], None)
-                offsets = np.arange(len(m) + 1, dtype=np.int32) * len(classes)
-                prob_arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.nan_to_num(probs).ravel()),
-                                                    mask=pa.array(~ok))
-                cols = [prob_arr, pa.array(np.where(ok, best.astype(float), np.nan), mask=~ok),
-                        pa.array(cls.tolist(), pa.string()), pa.array(cpx.tolist(), pa.string()),
-                        pa.array(pmax, mask=~ok), pa.array(ll, mask=~ok), pa.array(score, mask=~ok),
-                        pa.array(flags, pa.int64())]
-                yield pa.RecordBatch.from_arrays(list(b.columns) + cols, names=list(b.schema.names) + out_cols)
+        def classify(m: np.ndarray, e: np.ndarray) -> dict[str, np.ndarray]:
+            probs, ll, tail, nused = mx.posterior(params, m, e, ref, len(classes))
+            ok = nused >= 2
+            flags = mx.pattern_codes(~mx.usable(m, e)).astype(np.int64)
+            best = np.where(ok, np.nanargmax(np.where(ok[:, None], probs, 0.0), axis=1), 0)
+            pmax = np.where(ok, np.nanmax(np.where(ok[:, None], probs, -1.0), axis=1), np.nan)
+            score = -np.log10(np.maximum(tail, 1e-300))
+            low = ok & (pmax < pmin)
+            flags |= np.where(~ok, NO_COLOUR, 0) | np.where(low, LOW_PROBABILITY, 0)
+            flags |= np.where(ok & (score > uthr), UNUSUAL, 0)
+            idx = np.where(low & unassign, len(classes), best)
+            return {"probability": np.where(ok[:, None], np.nan_to_num(probs), np.nan),
+                    "prediction": np.where(ok, best.astype(float), np.nan),
+                    "asteroid_class": np.where(ok, names[idx], None),
+                    "asteroid_complex": np.where(ok, complexes[idx], None),
+                    "max_probability": pmax, "log_likelihood": np.where(ok, ll, np.nan),
+                    "unusual_score": np.where(ok, score, np.nan), "asteroid_flags": flags}
 
-        return fn
+        return classify
 
     # -- persistence: Spark's params metadata JSON plus the mixture in extraMetadata; never pickle.
     def write(self):
@@ -532,4 +581,4 @@ class ReflectanceFeatures(Transformer, DefaultParamsReadable, DefaultParamsWrita
 
 __all__ = ["AsteroidClustering", "AsteroidClusteringModel", "AsteroidLabelError", "LOW_PROBABILITY", "NO_COLOUR",
            "ReflectanceFeatures", "SemiSupervisedAsteroidGMM", "SemiSupervisedAsteroidGMMModel", "UNASSIGNED",
-           "UNUSUAL"]
+           "UNUSUAL", "arrow_columns"]

@@ -1,39 +1,25 @@
 """Asteroid taxonomy figures: colour-colour diagrams by class or cluster, class-probability histogram.
 
 Inputs are small driver-side arrays (the labelled set is ~3,000 rows; for a survey-sized table pass a
-sample). Agg canvas, no pyplot, like ``plots.photoz``.
+sample). Agg canvas, no pyplot (``plots.canvas``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-DPI = 120
+from .canvas import figure, save
+
 COLOURS = {"C": "tab:blue", "D": "tab:brown", "K": "tab:olive", "L": "tab:pink", "S": "tab:red", "V": "tab:purple",
            "X": "tab:gray", "unassigned": "black"}
-
-
-def _figure(**kw) -> Figure:
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
 
 
 def colour_colour(refl: np.ndarray, bands: list[str], groups: np.ndarray, path, title: str,
                   pairs=(("g", "r", "r", "i"), ("r", "i", "i", "z"), ("i", "z", "z", "y"))) -> Path:
     """Scatter of reflectance colours (rows with both colours finite), one colour per group."""
     pairs = [p for p in pairs if all(b in bands for b in p)]
-    fig = _figure(figsize=(4.6 * max(len(pairs), 1), 4.4))
+    fig = figure(figsize=(4.6 * max(len(pairs), 1), 4.4))
     groups = np.asarray(groups, dtype=object)
     names = [g for g in dict.fromkeys(groups.tolist()) if g is not None]
     for j, (a, b, c, d) in enumerate(pairs):
@@ -50,11 +36,11 @@ def colour_colour(refl: np.ndarray, bands: list[str], groups: np.ndarray, path, 
         if j == 0:
             ax.legend(fontsize=7, markerscale=2)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def probability_histogram(pmax: np.ndarray, path, threshold: float | None = None) -> Path:
-    fig = _figure(figsize=(5, 3.8))
+    fig = figure(figsize=(5, 3.8))
     ax = fig.add_subplot()
     p = np.asarray(pmax, float)
     ax.hist(p[np.isfinite(p)], bins=np.linspace(0, 1, 41), color="tab:blue")
@@ -63,14 +49,14 @@ def probability_histogram(pmax: np.ndarray, path, threshold: float | None = None
         ax.legend(fontsize=8)
     ax.set_xlabel("largest class probability")
     ax.set_ylabel("asteroids")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def confusion(matrix: np.ndarray, rows: list[str], cols: list[str], path, title: str) -> Path:
     """Counts, shaded by the fraction of each true class (row)."""
     m = np.asarray(matrix, float)
     frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    fig = _figure(figsize=(0.7 * len(cols) + 2.5, 0.7 * len(rows) + 2))
+    fig = figure(figsize=(0.7 * len(cols) + 2.5, 0.7 * len(rows) + 2))
     ax = fig.add_subplot()
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(rows)):
@@ -82,4 +68,4 @@ def confusion(matrix: np.ndarray, rows: list[str], cols: list[str], path, title:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

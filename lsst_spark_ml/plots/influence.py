@@ -1,7 +1,9 @@
-"""Influence and target-selection figures in colour space (matplotlib, Agg)."""
+"""Influence and target-selection figures in colour space (Agg canvas, no pyplot: ``plots.canvas``)."""
 from __future__ import annotations
 
 import numpy as np
+
+from .canvas import figure, save
 
 
 def _colour_axes(bands: list[str]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -22,13 +24,11 @@ def influence_colour_space(mag: np.ndarray, z: np.ndarray, bands: list[str], top
     """Left: training set with the highest self-influence rows; right: one query with its most helpful and
     most harmful training rows. ``mag``: (N, B) of the training sample, ``top_self`` a bool mask over it,
     ``query``: {"mag": (B,), "helpful": mask, "harmful": mask, "id": ..} or None."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     a, b = _colour_axes(bands)
     ca, cb = mag[:, a[0]] - mag[:, a[1]], mag[:, b[0]] - mag[:, b[1]]
     n_panels = 3 if query else 2
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 4.4))
+    fig = figure(figsize=(5.2 * n_panels, 4.4))
+    axes = fig.subplots(1, n_panels)
     ax = axes[0]
     ax.scatter(ca[~top_self], cb[~top_self], s=2, c="0.75", lw=0, label="training galaxies")
     ax.scatter(ca[top_self], cb[top_self], s=9, c="crimson", lw=0, label=f"highest self-influence ({top_self.sum()})")
@@ -56,20 +56,16 @@ def influence_colour_space(mag: np.ndarray, z: np.ndarray, bands: list[str], top
         ax.legend(fontsize=8)
         ax.set_title(f"Query {query['id']}: most helpful / harmful training rows", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return str(save(fig, path, dpi=110))
 
 
 def targets_colour_space(train_mag: np.ndarray, pool_mag: np.ndarray, target_mag: np.ndarray, bands: list[str],
                          path: str) -> str:
     """Selected targets against the training set and the unlabelled pool: colours and magnitude."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     a, b = _colour_axes(bands)
     ref = min(3, len(bands) - 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = figure(figsize=(11, 4.4))
+    axes = fig.subplots(1, 2)
     ax = axes[0]
     for m, c, s, lab in ((pool_mag, "0.8", 2, "unlabelled pool"), (train_mag, "tab:blue", 2, "training set"),
                          (target_mag, "crimson", 12, "selected targets")):
@@ -91,6 +87,4 @@ def targets_colour_space(train_mag: np.ndarray, pool_mag: np.ndarray, target_mag
     ax.legend(fontsize=8)
     ax.set_title("Magnitude distributions")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return str(save(fig, path, dpi=110))

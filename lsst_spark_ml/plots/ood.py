@@ -1,14 +1,14 @@
-"""OOD score histograms per kind, with the model's thresholds (matplotlib, Agg)."""
+"""OOD score histograms per kind, with the model's thresholds (Agg canvas, no pyplot: ``plots.canvas``)."""
 from __future__ import annotations
 
 import numpy as np
 
+from .canvas import figure, save
+
 
 def score_histograms(scores_by_kind: dict[str, np.ndarray], thresholds: dict, path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
     hi = max(float(np.nanmax(v)) for v in scores_by_kind.values() if len(v))
     bins = np.linspace(0, hi * 1.02, 60)
     for name, v in scores_by_kind.items():
@@ -22,7 +22,4 @@ def score_histograms(scores_by_kind: dict[str, np.ndarray], thresholds: dict, pa
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("Out-of-distribution scores by kind")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return str(save(fig, path))

@@ -1,39 +1,23 @@
 """Photo-z evaluation figures drawn from small aggregated arrays (see ``metrics.photoz.plot_inputs``).
 
-Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot: no GUI
-backend is touched and no global figure state leaks between Spark driver threads.
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (``plots.canvas``), never through
+pyplot: no GUI backend is touched and no global figure state leaks between Spark driver threads.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
 
 from ..metrics.reference import OUTLIER_CUT
-
-DPI = 120
-
-
-def _figure(**kw) -> Figure:
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
+from .canvas import figure, save
 
 
 def plot_zphot_vs_zspec(hist2d, zmax: float, path, label: str = "z_phot") -> Path:
     """2-D histogram (axis 0 true z, axis 1 photo-z) over [0, zmax]^2 on a log colour scale."""
     h = np.asarray(hist2d, float)
-    fig = _figure(figsize=(5.5, 5))
+    fig = figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
     if h.sum() > 0:
         mesh = ax.pcolormesh(np.linspace(0, zmax, h.shape[0] + 1), np.linspace(0, zmax, h.shape[1] + 1),
@@ -47,14 +31,14 @@ def plot_zphot_vs_zspec(hist2d, zmax: float, path, label: str = "z_phot") -> Pat
     ax.set(xlim=(0, zmax), ylim=(0, zmax), xlabel="z_spec (true)", ylabel=label, aspect="equal",
            title=f"{int(h.sum()):,} objects")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_pit(pit_hist, path, metrics: dict | None = None) -> Path:
     """PIT histogram as a density, with the uniform density of a calibrated sample."""
     c = np.asarray(pit_hist, float)
     edges = np.linspace(0, 1, c.size + 1)
-    fig = _figure(figsize=(6, 4))
+    fig = figure(figsize=(6, 4))
     ax = fig.add_subplot()
     ax.stairs(c * c.size / max(c.sum(), 1), edges, fill=True, alpha=0.6, label="PIT")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform")
@@ -65,14 +49,14 @@ def plot_pit(pit_hist, path, metrics: dict | None = None) -> Path:
         ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path, point_label: str = "z_mean") -> Path:
     """Redshift distribution: true z histogram against the summed PDFs and the point-estimate histogram."""
     edges = np.asarray(bin_edges, float)
     w = np.diff(edges)
-    fig = _figure(figsize=(6.5, 4))
+    fig = figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
     for counts, label, style in [(nz_true, "true z", {"color": "k", "lw": 1.5}),
                                  (nz_pdf, "sum of PDFs", {"color": "C0", "lw": 1.5}),
@@ -81,7 +65,7 @@ def plot_nz(bin_edges, nz_true, nz_pdf, nz_zmean, path, point_label: str = "z_me
         ax.stairs(c / (max(c.sum(), 1e-300) * w), edges, label=label, **style)
     ax.set(xlim=(edges[0], edges[-1]), xlabel="z", ylabel="n(z) (normalised)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3,
@@ -91,7 +75,7 @@ def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3
     pdfs = np.atleast_2d(np.asarray(pdfs, float))
     n = max(len(pdfs), 1)
     nrows = -(-n // ncols)
-    fig = _figure(figsize=(3.2 * ncols, 2.4 * nrows))
+    fig = figure(figsize=(3.2 * ncols, 2.4 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     for i, ax in enumerate(axes.flat):
         if i >= len(pdfs):
@@ -108,7 +92,7 @@ def plot_example_pdfs(bin_edges, pdfs, truth, path, z_point=None, ncols: int = 3
     if len(pdfs):
         axes[0, 0].legend(fontsize=7)
     fig.supylabel("p(z)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_evaluation_plots(inputs: dict, bin_edges, out_dir, metrics: dict | None = None,

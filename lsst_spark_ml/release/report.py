@@ -104,11 +104,10 @@ def _combine(cs):
 
 
 def _plots(plan, summary: dict, records: dict, out_dir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots.canvas import figure
     files = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
     for c in summary:
         recs = [r for k, r in sorted(records.items()) if k[0] == c and r.get("status") == "committed"]
         rates = [r["rows_in"] / max(sum(v for k, v in r["seconds"].items() if k != "read"), 1e-9) for r in recs]
@@ -130,13 +129,13 @@ def _plots(plan, summary: dict, records: dict, out_dir: str) -> list[str]:
             if "dz_hist" in d:
                 hists.append(("(z_median - z_true) / (1 + z_true)", stages.DZ_HIST_EDGES, d["dz_hist"], "dz.png"))
     for title, edges, counts, name in {h[3]: h for h in hists}.values():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = figure(figsize=(6, 3.5))
+        ax = fig.add_subplot()
         ax.stairs(counts, edges)
         ax.set_title(title)
         ax.set_ylabel("rows")
         fig.tight_layout()
         files.append(_save(fig, out_dir, name))
-    plt.close("all")
     return files
 
 
