@@ -253,6 +253,11 @@ class MorphologySettings:
     unlabelled_ratio: int = 3          # FixMatch mu: unlabelled rows per labelled row in a step
     threshold: float = 0.7             # FixMatch tau: pseudo-labels kept when the weak view's confidence >= tau
     unlabelled_weight: float = 1.0     # FixMatch lambda_u
+    # AdaMatch's answers to the covariate shift: tau relative to the labelled rows' mean confidence, and the
+    # unlabelled predictions aligned to the labelled class distribution (training.morphology.fixmatch_loss).
+    # Off: measured to collapse onto few classes here (README, morphology).
+    relative_threshold: bool = False
+    labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
     steps_per_epoch: int = 40          # an epoch is this many steps (the labelled set is small and resampled)

@@ -136,7 +136,7 @@ def test_index_reaches_every_page():
     assert sorted(p.relative_to(DOCS) for p in DOCS.rglob("*.md") if p not in reached) == []
 
 
-CAPABILITIES = ("photoz", "ood", "bayes", "influence", "asteroids", "release", "inference-at-scale")
+CAPABILITIES = ("photoz", "ood", "bayes", "influence", "asteroids", "morphology", "release", "inference-at-scale")
 
 
 @pytest.mark.parametrize("name", CAPABILITIES)

@@ -46,7 +46,7 @@ def test_training_writes_a_verified_model_with_its_recipe(trained):
     assert sha == res["model_sha256"] and manifest["kind"] == "morphology-classifier"
     tr = manifest["training"]
     assert tr["mode"] == "semi" and tr["curriculum"] == "snr" and tr["epochs_run"] == 2
-    assert tr["images_seen"] == 2 * 3 * 8 * (1 + 2 * 2)
+    assert tr["images_seen"] == 2 * 3 * 8 * (1 + 2 * 2)        # labelled weak, unlabelled weak + strong
     assert manifest["classes"] == ["E", "S0", "Sa", "Sb", "Sc", "Irr"] and manifest["image_size"] == SIZE
     assert not (out / "_checkpoints").exists()
     hist = json.loads((out / "training_log.json").read_text())["history"]
@@ -182,3 +182,24 @@ def test_mask_cache_serves_identical_inputs_and_is_keyed_by_content(sets, tmp_pa
         assert np.array_equal(c.x.numpy(), fresh.x.numpy()) and np.array_equal(c.ids, fresh.ids)
     other = read_cutout_set(sets["labelled"], SIZE, mask_cache=tmp_path / "c")
     assert len(list((tmp_path / "c").iterdir())) > len(files) and len(other.ids) == 48
+
+
+def test_sql_function_matches_the_job_and_checks_its_arguments(spark, sets, trained):
+    from pyspark.errors import AnalysisException
+
+    from lsst_spark_ml.inference.morphology import MorphologyPredictor
+    from lsst_spark_ml.morphology.cutouts import read_cutouts
+    from udfs.sql import register
+    model_dir, _ = trained
+    assert register(spark, {"morphology_dat": str(model_dir)}) == {
+        "morphology_dat": ["cutout", "cutout_shape", "cutout_dtype"]}
+    spark.read.parquet(sets["test"]).createOrReplaceTempView("morph_cutouts")
+    got = spark.sql("SELECT objectId, morphology_dat(cutout, cutout_shape, cutout_dtype) AS m "
+                    "FROM morph_cutouts").toPandas().set_index("objectId")
+    images, flags, other = read_cutouts(sets["test"])
+    local = MorphologyPredictor.load(model_dir).predict(images, flags)
+    ids = other["objectId"].to_numpy()
+    assert len(got) == len(ids)
+    assert np.allclose(np.stack([got.loc[i, "m"]["morph_probs"] for i in ids]), local["probs"], atol=1e-5)
+    with pytest.raises(AnalysisException, match="morphology_dat"):
+        spark.sql("SELECT morphology_dat(cutout, cutout_shape) FROM morph_cutouts").collect()

@@ -26,13 +26,13 @@ def test_fixmatch_loss_is_supervised_ce_plus_masked_pseudo_label_term():
     logits = torch.cat([lab, weak, strong])
     codes = torch.tensor([0, 1, 2, 3, WEAK, WEAK, STRONG, STRONG])
     stats: dict = {}
-    got = fixmatch_loss(logits, codes, None, tau=0.9, lam=2.0, stats=stats)
+    got = fixmatch_loss(logits, codes, None, tau=0.9, lam=2.0, stats=stats, relative=False)
     want = F.cross_entropy(lab, codes[:4]) + 2.0 * F.cross_entropy(strong[:1], torch.tensor([0])) / 2
     assert torch.allclose(got, want, atol=1e-6)
     assert stats == {"kept": 1, "seen": 2}
     # Nothing above tau: the supervised term alone; and no gradient reaches the weak rows.
     logits.requires_grad_(True)
-    loss = fixmatch_loss(logits, codes, None, tau=0.99999, lam=1.0)
+    loss = fixmatch_loss(logits, codes, None, tau=0.99999, lam=1.0, relative=False)
     loss.backward()
     assert torch.allclose(loss, F.cross_entropy(lab, codes[:4]))
     assert logits.grad[4:6].abs().sum() == 0
@@ -59,13 +59,15 @@ def test_curriculum_admits_easiest_first_and_everything_after_the_ramp():
 
 def test_budget_gives_both_modes_the_same_images():
     sup = MorphologySettings(mode="supervised", budget_images=96_000, batch_size=32, steps_per_epoch=10,
-                             unlabelled_ratio=3)
+                             unlabelled_ratio=3, labelled_strong=False)
     semi = MorphologySettings(mode="semi", budget_images=96_000, batch_size=32, steps_per_epoch=10,
-                              unlabelled_ratio=3)
+                              unlabelled_ratio=3, labelled_strong=False)
     (e1, p1), (e2, p2) = plan_epochs(sup), plan_epochs(semi)
     assert p2 == 7 * p1
     assert e1 * p1 * 10 == 96_000                      # supervised: the budget exactly
     assert 0 <= 96_000 - e2 * p2 * 10 < p2 * 10         # semi: within one epoch of it, never over
+    both = MorphologySettings(mode="semi", batch_size=32, unlabelled_ratio=3, labelled_strong=True)
+    assert plan_epochs(both)[1] == 2 * 32 + 2 * 3 * 32
 
 
 def test_weak_view_is_an_exact_symmetry_and_strong_view_moves_masks_only_with_geometry():
@@ -141,3 +143,16 @@ def test_zoom_out_shrinks_the_object_and_conserves_its_flux():
     assert float(out[0, 5].sum()) == pytest.approx(float(x[0, 5].sum()) / 4, rel=0.15)
     flux = torch.sinh(out[0, 0]).sum()     # "area" keeps surface brightness: a quarter of the pixels
     assert float(flux) == pytest.approx(float(blob.sum()) / 4, rel=0.1)
+
+
+def test_relative_threshold_scales_with_labelled_confidence_and_aligns_classes():
+    lab = torch.tensor([[2.0, 0, 0], [0, 2.0, 0]])                   # labelled mean confidence ~0.78
+    weak = torch.tensor([[2.2, 0, 0], [0, 2.2, 0]])                   # confidence ~0.82 each
+    strong = torch.zeros(2, 3)
+    logits = torch.cat([lab, weak, strong])
+    codes = torch.tensor([0, 1, WEAK, WEAK, STRONG, STRONG])
+    kept_abs, kept_rel = {}, {}
+    fixmatch_loss(logits, codes, None, tau=0.9, lam=1.0, stats=kept_abs, relative=False)
+    fixmatch_loss(logits, codes, None, tau=0.9, lam=1.0, stats=kept_rel, relative=True)
+    assert kept_abs["kept"] == 0                 # 0.82 < 0.9
+    assert kept_rel["kept"] == 2                 # 0.82 >= 0.9 x 0.79 (same class mix: alignment changes little)

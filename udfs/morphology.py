@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from lsst_spark_ml.config import MorphologySettings
@@ -102,14 +103,14 @@ def output_schema(input_schema, attention: bool, keep_cutout: bool = False):
 def morphology_pandas_udf(model, ms: MorphologySettings):
     """``morphology_dat(cutout, cutout_shape, cutout_dtype)`` for SQL (``udfs.sql.register``): a struct of the
     morphology columns (no attention map) per row, from the same per-worker cached predictor."""
-    import pandas as pd
     from pyspark.sql.functions import pandas_udf
-    from pyspark.sql.types import StructType
+    from pyspark.sql.types import StructField, StructType
 
-    schema = output_schema(StructType([]), False)
+    # pandas carries no non-null marker: every struct field is declared nullable.
+    schema = StructType([StructField(f.name, f.dataType, True) for f in output_schema(StructType([]), False).fields])
 
     @pandas_udf(schema)
-    def morphology_dat(it: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def morphology_dat(it: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         from lsst_spark_ml.morphology.cutouts import decode_cutouts
         pred = _predictor(model, ms)
         shape = (len(pred.manifest["bands"]), pred.image_size, pred.image_size)
@@ -119,5 +120,7 @@ def morphology_pandas_udf(model, ms: MorphologySettings):
                                           shape)
             res = pred.predict(bands, flags, batch_size=ms.batch_size_predict)
             arrays = output_arrays(res, pred.classes, pred.sha256, False)
-            yield pd.DataFrame({k: v.to_pandas() for k, v in arrays.items()})
+            # Nullable ints stay Int32 (pandas would make them float64, which Arrow then refuses as int).
+            ints = {pa.int32(): pd.Int32Dtype()}.get
+            yield pd.DataFrame({k: v.to_pandas(types_mapper=ints) for k, v in arrays.items()})
     return morphology_dat

@@ -6,7 +6,8 @@ the whole labelled table (it is small: that is the point of semi-supervision) an
 unlabelled table's row groups, as float16 inputs in memory. Rows the input builder marks unusable
 (``inputs.BAD_ROW``: wrong shape, a missing or all-NaN band) are left out of training and counted.
 
-Steps: a step draws ``batch_size`` labelled rows (weak view) and, in semi mode, ``mu x batch_size``
+Steps: a step draws ``batch_size`` labelled rows (weak view, and with ``labelled_strong`` also the strong
+view, in both modes) and, in semi mode, ``mu x batch_size``
 unlabelled rows from the curriculum's admitted pool, each as a weak and a strong view
 (``morphology.augment``). One forward pass covers all three; the loss (``fixmatch_loss``) is the
 class-weighted cross-entropy of the labelled rows plus lambda_u times the cross-entropy of the strong views
@@ -19,8 +20,8 @@ object mask (``morphology.difficulty``); the first epoch admits the easiest ``cu
 and the admitted fraction grows linearly until every row is admitted after ``curriculum_ramp`` of the epochs.
 
 Same compute: with ``budget_images`` the number of steps is the budget divided by the images one step puts
-through the network (``batch_size`` supervised, ``batch_size x (1 + 2 mu)`` semi), so the two modes can be
-compared at equal cost.
+through the network (``batch_size`` x 2 with ``labelled_strong``, plus ``2 mu batch_size`` in semi mode), so
+the two modes can be compared at equal cost.
 
 The loop, early stopping on the labelled validation split, checkpoints and the backends are the project's
 (``training.loop.fit``, ``training.backends``): ``train.backend=torch-distributor`` trains with DDP.
@@ -155,15 +156,28 @@ def class_weights(labels: np.ndarray, n_classes: int, how: str) -> torch.Tensor:
 
 
 def fixmatch_loss(logits: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor | None, tau: float,
-                  lam: float, stats: dict | None = None) -> torch.Tensor:
-    """Supervised cross-entropy of the coded rows plus the FixMatch term (module docstring)."""
+                  lam: float, stats: dict | None = None, relative: bool = True) -> torch.Tensor:
+    """Supervised cross-entropy of the coded rows plus the FixMatch term (module docstring).
+
+    ``relative`` (AdaMatch, Berthelot et al. 2022, for a covariate shift between the labelled and unlabelled
+    sets): the unlabelled class probabilities are aligned to the labelled rows' mean prediction before the
+    argmax (against collapse onto the classes the shift favours), and the confidence cut is tau times the
+    labelled rows' mean confidence (a model that is unsure on the shifted set still keeps its surest
+    pseudo-labels)."""
     lab = codes >= 0
     loss = F.cross_entropy(logits[lab], codes[lab], weight=weights) if lab.any() else logits.sum() * 0
     weak_rows, strong_rows = codes == WEAK, codes == STRONG
     if weak_rows.any():
         with torch.no_grad():
-            conf, pseudo = torch.softmax(logits[weak_rows].float(), 1).max(1)
-            keep = (conf >= tau).float()
+            p = torch.softmax(logits[weak_rows].float(), 1)
+            cut = tau
+            if relative and lab.any():
+                p_lab = torch.softmax(logits[lab].float(), 1)
+                p = p * (p_lab.mean(0) / p.mean(0).clamp_min(1e-6))
+                p = p / p.sum(1, keepdim=True)
+                cut = tau * float(p_lab.max(1).values.mean())
+            conf, pseudo = p.max(1)
+            keep = (conf >= cut).float()
         per_row = F.cross_entropy(logits[strong_rows], pseudo, reduction="none")
         loss = loss + lam * (per_row * keep).mean()
         if stats is not None:
@@ -183,7 +197,9 @@ def admitted(order: np.ndarray, epoch: int, epochs: int, ms: MorphologySettings)
 
 def plan_epochs(ms: MorphologySettings) -> tuple[int, int]:
     """-> (epochs, images per step) for the mode and the compute budget."""
-    per_step = ms.batch_size * (1 + 2 * ms.unlabelled_ratio) if ms.mode == "semi" else ms.batch_size
+    per_step = ms.batch_size * (2 if ms.labelled_strong else 1)
+    if ms.mode == "semi":
+        per_step += 2 * ms.batch_size * ms.unlabelled_ratio
     if ms.budget_images is None:
         return ms.epochs, per_step
     return max(1, int(ms.budget_images // (per_step * ms.steps_per_epoch))), per_step
@@ -240,8 +256,14 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         stats.clear()
         for _ in range(ms.steps_per_epoch):
             li = torch.from_numpy(tr_idx)[torch.randint(0, len(tr_idx), (ms.batch_size,), generator=g)]
-            xs = [augment.weak(lab.x[li].float(), g)]
+            xl = lab.x[li].float()
+            xs = [augment.weak(xl, g)]
             ys = [y_all[li]]
+            if ms.labelled_strong:
+                # The labelled rows also as the survey would show them (AdaMatch trains the source on both
+                # views): correct labels for the look of the shifted set.
+                xs.append(augment.strong(xl, g))
+                ys.append(y_all[li])
             if pool is not None:
                 ui = torch.from_numpy(pool)[torch.randint(0, len(pool), (ms.batch_size * ms.unlabelled_ratio,),
                                                           generator=g)]
@@ -263,7 +285,8 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
             yield x_val[s:s + 128], y_val[s:s + 128]
 
     def loss_fn(logits, codes):
-        return fixmatch_loss(logits, codes, weights.to(logits.device), ms.threshold, ms.unlabelled_weight, stats)
+        return fixmatch_loss(logits, codes, weights.to(logits.device), ms.threshold, ms.unlabelled_weight, stats,
+                             relative=ms.relative_threshold)
 
     model = build_morphology_model(ms.network, net_cfg)
     fit_ts = dataclasses.replace(ts, lr=ms.lr, betas=[0.9, 0.999], weight_decay=ms.weight_decay,
