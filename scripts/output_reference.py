@@ -44,6 +44,18 @@ MEANINGS = {
              "BAD_EBV (26); k = band index in the model's band set (README, Bad input). "
              "`lsst_spark_ml.features.flags.describe` names them",
     "model_sha256": "sha256 of the model directory's manifest the row was computed with",
+    # Morphology (udfs.morphology)
+    "morph_class": "predicted class name (E, S0, Sa, Sb, Sc, Irr: the model manifest's `classes`); null on a "
+                   "flagged row",
+    "morph_class_id": "index of the predicted class in the manifest's `classes`",
+    "morph_confidence": "probability of the predicted class",
+    "morph_probs": "probability per class, in the manifest's class order",
+    "morph_flags": "bit set (`lsst_spark_ml.morphology.inputs`): BAD_SHAPE 1, MISSING_BAND 2, ALL_NAN_BAND 4, "
+                   "NO_OBJECT 8 (informational: still classified), BAD_DTYPE 16",
+    "morph_model_sha256": "sha256 of the model directory's manifest the row was computed with",
+    "morph_attention": "with `morphology.attention: true`: the last block's attention map, float16 bytes, "
+                       "C order, at the cutout's resolution",
+    "morph_attention_shape": "shape of `morph_attention` (height, width)",
     # DCP (udfs.dcp)
     "ood_score": "DCP entropy gap clamp(H_HE - H_LE, 1e-5, ln n_bins): high = unfamiliar to the network",
     "ood_flag": "score above the model's stored `flag` threshold (99th percentile of labelled validation "
@@ -226,6 +238,11 @@ def blocks() -> dict[str, list[str]]:
         raise DocError(f"asteroid output columns {names} differ from ASTEROID_TYPES {sorted(ASTEROID_TYPES)}")
     out["asteroids-classify"] = _rows([(n, *ASTEROID_TYPES[n]) for n in names])
     out["asteroids-meta"] = _keys_line(ast_pipe.classify, ast_pipe.META_FILE)
+
+    import udfs.morphology as morph_udf
+    from lsst_spark_ml.pipelines import morphology
+    out["morphology-predict"] = _rows(_spark_cols(morph_udf.output_schema(empty, True)))
+    out["morphology-meta"] = _keys_line(morphology.predict, morphology.META_FILE)
 
     def without_sha(cols):
         return [c for c in cols if c[0] != "model_sha256"]
