@@ -197,9 +197,9 @@ def test_asteroid_class_with_the_wrong_number_of_arguments_fails_at_analysis(spa
     pd.testing.assert_frame_equal(a.sort_values("id", ignore_index=True), b.sort_values("id", ignore_index=True))
 
 
-def test_default_registration_includes_the_shipped_asteroid_model(spark):
+def test_default_registration_includes_the_shipped_asteroid_and_morphology_models(spark):
     sig = register(spark)
-    assert set(sig) == {"photoz_mbrnn", "ood_dcp", "asteroid_class"}
+    assert set(sig) == {"photoz_mbrnn", "ood_dcp", "asteroid_class", "morphology_dat"}
     row = spark.sql("SELECT asteroid_class(21.0, 0.02, 20.5, 0.02, 20.4, 0.02, 20.35, 0.03, 20.3, 0.05) AS a").first()
     assert row["a"]["asteroid_class"] in SEVEN_CLASSES and len(row["a"]["probability"]) == len(SEVEN_CLASSES)
 
