@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .masks import nan_masks, object_mask
+from .masks import nan_masks, object_mask, object_masks_batch
 
 N_BANDS = 5
 N_CHANNELS = 11
@@ -151,6 +151,7 @@ def build_inputs(batch, expected_size: int | None = None, masks: np.ndarray | No
             size = arr.shape[1]
     size = 0 if size is None else int(size)
     out = np.zeros((n, N_CHANNELS, size, size), dtype=np.float32)
+    good = []
     for i, arr in enumerate(parsed):
         if arr is None or flags[i] & BAD_ROW:
             continue
@@ -158,7 +159,12 @@ def build_inputs(batch, expected_size: int | None = None, masks: np.ndarray | No
         if not finite_any.all():
             flags[i] |= ALL_NAN_BAND
             continue
-        x = build_input(arr, mask=None if masks is None else masks[i])
+        good.append(i)
+    if masks is None and good:
+        # One batched fit for all rows, the masks build_input would make one by one (MASK_SEED per row).
+        masks = dict(zip(good, object_masks_batch(np.stack([parsed[i] for i in good]), rng=MASK_SEED)))
+    for i in good:
+        x = build_input(parsed[i], mask=None if masks is None else masks[i])
         if not x[N_BANDS].any():
             flags[i] |= NO_OBJECT
         out[i] = x
@@ -167,8 +173,8 @@ def build_inputs(batch, expected_size: int | None = None, masks: np.ndarray | No
 
 def object_masks(batch: np.ndarray) -> np.ndarray:
     """bool (n, S, S) object masks of a good batch (n, 5, S, S), to cache across epochs: the mixture fits
-    are ~99 % of the cost of ``build_inputs``."""
-    return np.stack([object_mask(np.asarray(b, np.float32), rng=MASK_SEED) for b in batch]) if len(batch) \
+    are most of the cost of ``build_inputs``."""
+    return object_masks_batch(np.asarray(batch, np.float32), rng=MASK_SEED) if len(batch) \
         else np.zeros((0,) + tuple(np.shape(batch)[2:]), dtype=bool)
 
 
