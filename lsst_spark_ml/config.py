@@ -408,7 +408,8 @@ class Config:
         if m.curriculum not in ("none", "snr"):
             raise ConfigError(f"morphology.curriculum must be none|snr, got {m.curriculum!r}")
         if m.class_weighting not in ("none", "inverse", "inverse-sqrt"):
-            raise ConfigError(f"morphology.class_weighting must be none|inverse|inverse-sqrt, got {m.class_weighting!r}")
+            raise ConfigError(f"morphology.class_weighting must be none|inverse|inverse-sqrt, "
+                              f"got {m.class_weighting!r}")
         if m.image_size < 16 or m.image_size % 4:
             raise ConfigError(f"morphology.image_size must be a multiple of 4 and >= 16, got {m.image_size}")
         if not 0 < m.curriculum_start <= 1 or not 0 < m.curriculum_ramp <= 1:
