@@ -300,8 +300,8 @@ def check_cutout_table(path: str, expected_bands: Sequence[str] | None = BANDS,
     """Validate a cutout table (local path or URI) from its Parquet footers only; raise ``CatalogError``
     naming the file and field when the metadata is missing or malformed, the dtype is not float16/float32,
     the shape is not (nbands, S, S), the bands differ from ``expected_bands``, the size from
-    ``expected_size``, a required column is missing or mistyped, per-row dtype/shape statistics disagree with the metadata, or two files
-    disagree."""
+    ``expected_size``, a required column is missing or mistyped, per-row dtype/shape statistics disagree
+    with the metadata, or two files disagree."""
     fs, files = _data_files(path)
     if not files:
         raise CatalogError(f"cutout table {path} has no Parquet data files")
