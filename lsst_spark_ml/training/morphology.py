@@ -7,11 +7,11 @@ unlabelled table's row groups, as float16 inputs in memory. Rows the input build
 (``inputs.BAD_ROW``: wrong shape, a missing or all-NaN band) are left out of training and counted.
 
 Steps: a step draws ``batch_size`` labelled rows (weak view, and with ``labelled_strong`` also the strong
-view, in both modes) and, in semi mode, ``mu x batch_size``
-unlabelled rows from the curriculum's admitted pool, each as a weak and a strong view
-(``morphology.augment``). One forward pass covers all three; the loss (``fixmatch_loss``) is the
+view, in both modes) and, in semi mode, ``mu x batch_size`` unlabelled rows from the curriculum's admitted
+pool, each as a weak and a strong view (``morphology.augment``). One forward pass covers all three; the loss (``fixmatch_loss``) is the
 class-weighted cross-entropy of the labelled rows plus lambda_u times the cross-entropy of the strong views
-against the weak views' argmax, kept where the weak view's confidence reaches tau. Rows are told apart by
+against the weak views' argmax, kept where the weak view's confidence reaches tau (with
+``relative_threshold``: AdaMatch's tau x the labelled rows' mean confidence, after distribution alignment). Rows are told apart by
 their code in the target tensor: a class index, ``WEAK`` or ``STRONG``; the i-th WEAK row pairs with the
 i-th STRONG row.
 
@@ -23,7 +23,8 @@ Same compute: with ``budget_images`` the number of steps is the budget divided b
 through the network (``batch_size`` x 2 with ``labelled_strong``, plus ``2 mu batch_size`` in semi mode), so
 the two modes can be compared at equal cost.
 
-The loop, early stopping on the labelled validation split, checkpoints and the backends are the project's
+Early stopping and the best epoch use the labelled validation split as observed plus the same rows degraded
+towards the survey (the strong view with fixed draws). The loop, checkpoints and the backends are the project's
 (``training.loop.fit``, ``training.backends``): ``train.backend=torch-distributor`` trains with DDP.
 """
 from __future__ import annotations
