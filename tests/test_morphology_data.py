@@ -174,17 +174,18 @@ def test_classes_differ_measurably_in_the_images():
 
 
 # ------------------------------------------------------------------------------------------- masks
-def test_aicc_picks_one_component_on_noise_and_more_on_two_populations():
+@pytest.mark.parametrize("method", M.METHODS)
+def test_aicc_picks_one_component_on_noise_and_more_on_two_populations(method):
     rng = np.random.default_rng(1)
     for seed in range(3):
-        gmm, scores = M.fit_background_mixture(rng.normal(3.0, 2.0, 4096), rng=seed)
+        gmm, scores = M.fit_background_mixture(rng.normal(3.0, 2.0, 4096), rng=seed, method=method)
         assert gmm.n_components == 1 and np.argmin(scores) == 0
         two = np.concatenate([rng.normal(0, 1, 3000), rng.normal(6, 1.5, 1000)])
-        gmm2, _ = M.fit_background_mixture(two, rng=seed)
+        gmm2, _ = M.fit_background_mixture(two, rng=seed, method=method)
         assert gmm2.n_components > 1
         assert abs(gmm2.means_[np.argmax(gmm2.weights_), 0]) < 0.3   # dominant component = background
     x = rng.normal(size=(500, 1))
-    gmm, _ = M.fit_background_mixture(x[:, 0], rng=0, sample=None)
+    gmm, _ = M.fit_background_mixture(x[:, 0], rng=0, sample=None, method=method)
     p = 3 * gmm.n_components - 1
     assert M.aicc(gmm, x) == pytest.approx(gmm.aic(x) + 2 * p * (p + 1) / (500 - p - 1))
 
