@@ -11,20 +11,24 @@ Per band (``band_object_mask``; ``object_masks_batch`` does a whole batch of cut
    only thing the mixture is used for, is then known to ~0.05 sigma. K grows until AICc has not improved
    for ``patience`` (2) consecutive K (``patience=None`` tries all). Galaxy stamps need 4-10 components
    (the heavy tail of galaxy light), so a band costs ~8 fits. The AICc choice itself is unstable on
-   galaxy stamps (the background can split over two components, changing the dominant one): two seeds of
-   the reference fit disagree on K for about half of the bands.
+   galaxy stamps (the background can split over two components, changing the dominant one): on 200
+   labelled + 200 survey 64 px renders two seeds of the reference pick different K for 70-80 % of the
+   bands, and their masks have median IoU 0.94 (labelled) and 0.88 (survey).
 
-   ``method="em"`` (default) fits all of them as array operations: every K of every band of every cutout
-   in one EM (``fit_mixtures_em``), the same algorithm as the reference ``method="sklearn"``
+   ``method="em"`` (default) fits them as array operations: every K of every band of every cutout in a
+   batch in one EM (``fit_mixtures_em``), the same algorithm as the reference ``method="sklearn"``
    (``GaussianMixture``, spherical, k-means++ starts, tol 1e-3 on the mean log-likelihood, max_iter 100,
-   reg_covar 1e-6 x the sample variance) except for the start: k-means++ draws each new centre from the
-   pixels with probability proportional to D^2 (squared distance to the nearest centre so far) among
-   2 + log K random candidates; here the candidates are the D^2-mass quartiles of the sorted sample and the
-   one that lowers the k-means potential most is kept, so the starts are deterministic and nested (the
-   K-centre start is the (K-1)-centre start plus one centre). As in sklearn the first EM step from the
-   centres is a hard (nearest-centre) assignment. On 400 rendered 64 px cutouts (labelled and survey) the
-   masks agree with the reference about as well as two reference seeds agree with each other (IoU,
-   chosen K and threshold; ``tests/test_masks_fast.py`` holds the bound), at 10-20x less cost.
+   reg_covar 1e-6 x the sample variance, AICc search with the same patience) except for the start:
+   k-means++ draws each new centre from the pixels with probability proportional to D^2 (squared
+   distance to the nearest centre so far), keeping the best of 2 + log K draws; here the candidates are
+   the D^2-mass quartiles of the sorted sample and the one that lowers the k-means potential most is
+   kept, so starts are deterministic and nested (K centres = the K-1 centres plus one). As in sklearn the
+   first EM step from the centres is a nearest-centre assignment. On the same renders, with the same
+   subsamples (seed 0), the EM masks have median IoU 0.976 / 0.936 with the reference, its thresholds
+   differ by a median 0.05-0.07 sky sigma (0.23-0.29 between reference seeds), and with another seed
+   it agrees with the reference as well as a reseeded reference does (``tests/test_masks_fast.py``).
+   Cost per cutout, batched: 13 / 5 ms at 64 px (labelled / survey; reference 190 / 90 ms) and 25 / 17 ms
+   at 480 px (reference 230 / 130 ms), on one loaded core.
 2. The dominant (largest-weight) component is the background. Threshold = mean + (mean - P20), with P20
    the 20th percentile of all finite pixels below that mean (for pure Gaussian noise: mean + 1.28 sigma).
 3. Pixels above the threshold are grouped into 4-connected regions (``scipy.ndimage.label``'s default;
@@ -32,6 +36,10 @@ Per band (``band_object_mask``; ``object_masks_batch`` does a whole batch of cut
    fewer than ``min_pixels`` (25) are dropped; the kept region nearest the stamp centre (smallest
    distance from the centre to any of its pixels; 0 when it covers the centre) is the object mask. No
    region left: an empty mask.
+
+The threshold's percentile and the nearest region take shortcuts that give the same values as the
+direct computation (``_order_statistics``, ``region_nearest_centre``), so ``method="sklearn"`` gives the
+masks it always gave.
 
 ``object_mask`` ORs the band masks, skipping all-NaN bands. ``nan_masks`` is ``isnan`` per band (inf counts
 as missing too). Subsamples are seeded (``rng``, default a fixed seed) so masks are reproducible; a batch
@@ -57,14 +65,14 @@ MAX_ITER = 100
 REG_COVAR = 1e-6
 _SEED_RANGE = 2 ** 31 - 1
 _EPS10 = 10 * np.finfo(np.float64).eps        # sklearn's guard on empty components
-_NEG = -1e300                                 # log weight of padding components: exp() -> 0 without inf - inf
+_NEG = -1e300                                 # log weight of padding components: finite, so no inf - inf
 _LOG_2PI = math.log(2 * math.pi)
 # exp() of arguments below ~-708 (results 0 or subnormal) takes numpy's slow path, 7-15x the cost; a
 # floor of e^-600 relative to the pixel's density changes no responsibility that matters.
 _LOG_FLOOR = -600.0
 # Deterministic k-means++: the candidate centres are these quantiles of the D^2 mass.
 _D2_QUANTILES = (0.25, 0.5, 0.75)
-# Fits of several K run padded to the largest K of their group; groups of 2-3 K waste < 15 % on padding,
+# Fits of several K run padded to the largest K of their group; groups of 2-3 K waste ~10 % on padding,
 # and a band whose AICc search has already stopped (patience) skips the later groups.
 _GROUP_SIZE = 2
 # Elements of one (fits x K x pixels) array per EM pass: beyond a few MB, passes over it leave the cache.
