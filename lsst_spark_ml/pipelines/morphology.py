@@ -44,7 +44,7 @@ def train(spark, cfg: Config, labelled: str, unlabelled: str | None, out_dir: st
 
 def predict(spark, cfg: Config, cutouts: str, model_dir: str, out_path: str) -> dict:
     """Class probabilities for every row of a cutout table (module docstring)."""
-    from ..artefacts import artefact_from_payload, read_payload
+    from ..artefacts import read_payload
     from ..inference.morphology import KIND
     from ..io.hats_writer import write_hats, write_parquet, write_text
     from ..io.readers import filesystem
@@ -53,7 +53,7 @@ def predict(spark, cfg: Config, cutouts: str, model_dir: str, out_path: str) -> 
     ms = cfg.morphology
     t0 = time.time()
     payload = read_payload(model_dir)                       # verified before any Spark job
-    manifest = artefact_from_payload(payload).manifest
+    manifest = json.loads(payload.manifest_bytes)          # the weights are only deserialised on the workers
     if manifest.get("kind") != KIND:
         raise CatalogError(f"{model_dir}: a {manifest.get('kind')!r} model, not a morphology model")
     info = check_cutout_table(cutouts)                      # footers only: bad metadata fails here

@@ -8,12 +8,12 @@ unlabelled table's row groups, as float16 inputs in memory. Rows the input build
 
 Steps: a step draws ``batch_size`` labelled rows (weak view, and with ``labelled_strong`` also the strong
 view, in both modes) and, in semi mode, ``mu x batch_size`` unlabelled rows from the curriculum's admitted
-pool, each as a weak and a strong view (``morphology.augment``). One forward pass covers all three; the loss (``fixmatch_loss``) is the
-class-weighted cross-entropy of the labelled rows plus lambda_u times the cross-entropy of the strong views
-against the weak views' argmax, kept where the weak view's confidence reaches tau (with
-``relative_threshold``: AdaMatch's tau x the labelled rows' mean confidence, after distribution alignment). Rows are told apart by
-their code in the target tensor: a class index, ``WEAK`` or ``STRONG``; the i-th WEAK row pairs with the
-i-th STRONG row.
+pool, each as a weak and a strong view (``morphology.augment``). One forward pass covers all three; the loss
+(``fixmatch_loss``) is the class-weighted cross-entropy of the labelled rows plus lambda_u times the
+cross-entropy of the strong views against the weak views' argmax, kept where the weak view's confidence
+reaches tau (with ``relative_threshold``: AdaMatch's tau x the labelled rows' mean confidence, after
+distribution alignment). Rows are told apart by their code in the target tensor: a class index, ``WEAK`` or
+``STRONG``; the i-th WEAK row pairs with the i-th STRONG row.
 
 Curriculum (``morphology.curriculum = snr``): the unlabelled pool is ordered by the image S/N inside the
 object mask (``morphology.difficulty``); the first epoch admits the easiest ``curriculum_start`` fraction,
@@ -78,7 +78,7 @@ def default_mask_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lsst_spark_ml" / "morphology_masks"
 
 
-def _cached_masks(table, cache_dir: Path | None, compute):
+def _cached_masks(table, cache_dir: Path, compute):
     """Object masks of a row group, from ``cache_dir`` when these exact cutout bytes were seen before.
 
     The mixture fits of the object mask cost far more than the network at 64 px, and every training run (and
@@ -86,8 +86,6 @@ def _cached_masks(table, cache_dir: Path | None, compute):
     row group's cutout bytes, so a changed table or algorithm is never served stale masks. Bit-packed: 512
     bytes per 64 px cutout.
     """
-    if cache_dir is None:
-        return compute()
     from ..morphology import masks as mask_code
     h = hashlib.sha256(Path(mask_code.__file__).read_bytes())     # new mask code: new cache entries
     for chunk in table.column("cutout").chunks:
@@ -123,9 +121,12 @@ def read_cutout_set(path: str, image_size: int, *, label_col: str | None = "labe
     def transform(table) -> dict[str, np.ndarray]:
         imgs, flags = decode_cutouts(table.column("cutout"), table.column("cutout_shape"),
                                      table.column("cutout_dtype"), expected)
-        cache = Path(mask_cache) if mask_cache is not None else None
-        masks = _cached_masks(table, cache, lambda: build_inputs(imgs, image_size, flags_in=flags)[0][:, 5] > 0.5)
-        x, flags = build_inputs(imgs, image_size, masks=masks, flags_in=flags)
+        if mask_cache is None:
+            x, flags = build_inputs(imgs, image_size, flags_in=flags)
+        else:
+            masks = _cached_masks(table, Path(mask_cache),
+                                  lambda: build_inputs(imgs, image_size, flags_in=flags)[0][:, 5] > 0.5)
+            x, flags = build_inputs(imgs, image_size, masks=masks, flags_in=flags)
         snr = image_snr(imgs, x[:, 5])
         out = {"x": x.astype(np.float16), "flags": flags.astype(np.int64), "snr": snr,
                "id": np.asarray(table.column("objectId").to_numpy(), dtype=np.int64)}
