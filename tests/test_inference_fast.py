@@ -195,6 +195,20 @@ def test_bfloat16_mapper_equals_bfloat16_predictor(spark, tiny_model):
     np.testing.assert_allclose(out["z_median"].to_numpy(), ref["z_median"], atol=1e-3)
 
 
+def test_device_summaries_equal_numpy_summaries(shipped, calib):
+    """The GPU path computes the summaries with torch on the device; on the same PDFs they must equal numpy's."""
+    from lsst_spark_ml.inference.summaries import summarize, summarize_torch
+    v, e, kind, _ = calib
+    pdf = shipped.predict(v[:3000], e[:3000], kind)["pdf"]
+    pdf = pdf[np.isfinite(pdf).all(1)]
+    pdf[0] = 0.0
+    pdf[0, 7] = 1.0                     # all mass in one bin: the interpolation's edge case
+    a, b = summarize(pdf, shipped.edges), summarize_torch(torch.from_numpy(pdf), shipped.edges)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-12, err_msg=k)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_gpu_predictor_matches_cpu(shipped, calib):     # pragma: no cover - runs on GPU machines only
     from lsst_spark_ml.cli import default_model_dir
@@ -203,6 +217,9 @@ def test_gpu_predictor_matches_cpu(shipped, calib):     # pragma: no cover - run
     assert gpu.device.type == "cuda"
     a, b = shipped.predict(v[:5000], e[:5000], kind), gpu.predict(v[:5000], e[:5000], kind, batch_size=4096)
     np.testing.assert_allclose(b["pdf"], a["pdf"], atol=1e-4)
+    ok = a["ok"]
+    np.testing.assert_array_equal(b["ok"], ok)
+    np.testing.assert_allclose(b["z_median"][ok], a["z_median"][ok], atol=1e-4)    # summaries on the device
     assert gpu._pinned(4096, 11).is_pinned()
     g16 = PhotozPredictor.load(default_model_dir(), device="cuda", precision="auto", gate_kw={"sample": calib})
     assert g16.precision == ("bfloat16" if torch.cuda.is_bf16_supported() and g16.gate.passed else "float32")

@@ -18,7 +18,7 @@ from ..features import flags as F
 from ..features.photometry import build_features
 from ..features.scaling import MinMaxScaler
 from ..models import MBRNN, MBRNNEnsemble
-from .summaries import POINT_COLUMNS, summarize
+from .summaries import POINT_COLUMNS, summarize, summarize_torch
 
 _log = logging.getLogger(__name__)
 
@@ -175,6 +175,23 @@ class PhotozPredictor:
                     out[s:s + batch_size] = self.runner(xb).numpy()
         return out
 
+    def _device_pdf_and_points(self, X: np.ndarray, batch_size: int) -> tuple[np.ndarray, dict]:
+        """On a GPU: network and PDF summaries both on the device, so only the inputs, the PDFs and six
+        numbers per row cross the bus (``summaries.summarize_torch``, equal to the numpy summaries)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        pdf = np.empty((len(X), self.n_bins), dtype=np.float32)
+        points = {k: np.empty(len(X)) for k in POINT_COLUMNS}
+        with torch.inference_mode():
+            for s in range(0, len(X), batch_size):
+                xb = torch.from_numpy(X[s:s + batch_size])
+                stage = self._pinned(batch_size, X.shape[1])[:len(xb)]
+                stage.copy_(xb)
+                p = self.runner(stage.to(self.device, non_blocking=True))
+                for k, v in summarize_torch(p, self.edges).items():
+                    points[k][s:s + len(xb)] = v
+                pdf[s:s + len(xb)] = p.cpu().numpy()
+        return pdf, points
+
     def _pinned(self, rows: int, cols: int) -> torch.Tensor:
         buf = getattr(self, "_pinned_buf", None)
         if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
@@ -191,11 +208,14 @@ class PhotozPredictor:
         X, Xs, flags = self.scaled_features(values, errors, kind, ebv)
         ok = (flags & F.NO_ESTIMATE) == 0
         pdf = np.full((len(X), self.n_bins), np.nan, dtype=np.float32)
-        if ok.any():
-            pdf[ok] = self.probabilities(Xs[ok], batch_size)
         result = {k: np.full(len(X), np.nan) for k in POINT_COLUMNS}
         if ok.any():
-            for k, v in summarize(pdf[ok], self.edges).items():
+            if self.device.type == "cuda":
+                pdf[ok], points = self._device_pdf_and_points(Xs[ok], batch_size)
+            else:
+                pdf[ok] = self.probabilities(Xs[ok], batch_size)
+                points = summarize(pdf[ok], self.edges)
+            for k, v in points.items():
                 result[k][ok] = v
         result["pdf"] = pdf
         result["ok"] = ok

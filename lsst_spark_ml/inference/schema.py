@@ -1,16 +1,20 @@
-"""The photo-z output schema, defined once for the UDFs, the jobs, SQL registration and the tests."""
+"""The photo-z output schema, defined once for the UDFs, the jobs, SQL registration and the tests.
+
+PySpark is imported where the Spark types are built, not at module load: the Arrow side serves code that
+runs without Spark (benchmarks/gpu_check.py drives the jobs' worker functions on machines without a JVM).
+"""
 from __future__ import annotations
 
 import pyarrow as pa
-from pyspark.sql import types as T
 
 from .summaries import POINT_COLUMNS
 
 OUTPUT_COLUMNS = POINT_COLUMNS + ("pdf", "flags", "model_sha256")
 
 
-def spark_fields(pdf_format: str = "float32") -> list[T.StructField]:
+def spark_fields(pdf_format: str = "float32") -> list:
     """``pdf_format``: float32 -> ``pdf`` is array<float>; uint8 -> binary, K bytes (inference.compact_pdf)."""
+    from pyspark.sql import types as T
     pdf_type = T.ArrayType(T.FloatType(), False) if pdf_format == "float32" else T.BinaryType()
     return ([T.StructField(c, T.DoubleType(), True) for c in POINT_COLUMNS]
             + [T.StructField("pdf", pdf_type, True),
@@ -19,7 +23,8 @@ def spark_fields(pdf_format: str = "float32") -> list[T.StructField]:
                T.StructField("model_sha256", T.StringType(), True)])
 
 
-def spark_struct(pdf_format: str = "float32") -> T.StructType:
+def spark_struct(pdf_format: str = "float32"):
+    from pyspark.sql import types as T
     return T.StructType(spark_fields(pdf_format))
 
 

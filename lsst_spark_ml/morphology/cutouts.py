@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CatalogError
 from .inputs import BAD_DTYPE, BAD_SHAPE, MISSING_BAND, N_CHANNELS
-from .render import BANDS, CLASSES, RenderSettings, render_galaxies
+from .classes import BANDS, CLASSES
 
 METADATA_KEY = b"lsst_spark_ml.cutouts"
 FORMAT_VERSION = 1
@@ -478,6 +478,7 @@ def make_sets(out_dir: str, n_labelled: int, n_unlabelled: int, n_test: int, siz
     each chunk is one file or more. ``rows_per_group`` overrides the ~16 MB row groups (small sets
     sharded over several ranks need several groups).
     """
+    from .render import RenderSettings, render_galaxies     # GalSim: only where sets are rendered
     if label_fraction is not None and not 0.0 < float(label_fraction) <= 1.0:
         raise CatalogError(f"label_fraction must be in (0, 1], got {label_fraction}")
     _dtype(dtype)

@@ -100,8 +100,7 @@ import scipy.fft as sfft
 
 from ..errors import ConfigError
 
-CLASSES = ("E", "S0", "Sa", "Sb", "Sc", "Irr")
-BANDS = ("g", "r", "i", "z", "y")
+from .classes import BANDS, CLASSES  # noqa: E402 - re-exported: render.CLASSES is the public name
 DEFAULT_CLASS_WEIGHTS = {"E": 0.10, "S0": 0.12, "Sa": 0.16, "Sb": 0.26, "Sc": 0.26, "Irr": 0.10}
 
 # LSST effective wavelengths (nm), dark-sky brightness (mag/arcsec^2), depth offsets from r (mag).
