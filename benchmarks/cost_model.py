@@ -8,10 +8,12 @@ Per model, on this machine, one torch thread (one core; Spark's layout is one ta
  * objects/s/core for the network alone (features already scaled) and for the whole per-row work
    (fluxes -> features -> network -> summaries), float32 and bfloat16 where the model supports it;
  * Bayesian follow-up: the measured numbers of benchmarks/bayes_results.md (not rerun: minutes per point);
- * morphology per cutout: no model in the project yet (issue open), so no numbers.
+ * morphology per cutout: DAT-Tiny at ``--morph-size`` px (random weights: speed does not depend on them) on
+   GalSim renders of the survey domain, whole per-galaxy work (object masks, stretch, network), measured
+   here on one core, float32 and bfloat16 autocast.
 Projection: core-hours = objects / (objects/s/core) / 3600 for the whole per-row work, under the
-assumptions printed with the table. GPU: not measured here (no GPU on this task); the FLOP-based figure
-uses a stated peak and utilisation, not a measurement.
+assumptions printed with the table. GPU-hours: the rates measured on an NVIDIA H200 with 16 host cores
+(benchmarks/gpu_results.md, benchmarks/gpu_check.py; no GPU on this machine), 16 tasks sharing the GPU.
 """
 from __future__ import annotations
 
@@ -29,9 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 BAYES_OBJECTS_PER_S_CORE = {"grid": 146.0, "mcmc": 141.0, "vi": 268.0}
 # make demo / README: 320 of 20,449 cosmoDC2 validation galaxies carry ood_flag with the shipped DCP model
 FLAGGED_GALAXY_FRACTION = 320 / 20449
-# Public datasheet dense bfloat16 peaks (not measured here) and an assumed utilisation for a 9-layer MLP
-GPU_SPECS = {"NVIDIA A100 (312 TFLOP/s bf16 dense)": 312e12, "NVIDIA H100 SXM (989 TFLOP/s bf16 dense)": 989e12}
-GPU_UTILISATION = 0.3
+# benchmarks/gpu_results.md: one NVIDIA H200 + 16 host cores, 16 tasks sharing the GPU, whole per-row work,
+# bfloat16 (photo-z ensemble) and bfloat16 autocast (DAT-Tiny 480 px, masks built on the host cores)
+GPU_MEASURED = {"photoz_ensemble_rows_per_s": 5.45e6, "morphology_480_images_per_s": 129.0,
+                "morphology_480_network_only_images_per_s": 460.0, "dcp_rows_per_s_one_task": 338e3,
+                "device": "NVIDIA H200 + 16 host cores"}
+# Galaxies resolved well enough for morphology: i < 23, about 10 per arcmin^2 over 18,000 deg^2 (an
+# assumption, scaled linearly; --morph-galaxies)
+MORPH_GALAXIES = 0.65e9
 
 
 def _rate(f, n, repeats=3):
@@ -46,6 +53,37 @@ def _time(f):
     return time.perf_counter() - t
 
 
+def morphology_rates(size: int, n: int) -> dict:
+    """Images/s on one core for DAT-Tiny at ``size`` px: the whole per-galaxy work and the network alone."""
+    import torch
+
+    from lsst_spark_ml.config import MorphologySettings
+    from lsst_spark_ml.inference.morphology import MorphologyPredictor
+    from lsst_spark_ml.models.dat import build_morphology_model, count_flops
+    from lsst_spark_ml.morphology.classes import CLASSES
+    from lsst_spark_ml.morphology.inputs import build_inputs
+    from lsst_spark_ml.morphology.render import RenderSettings, render_galaxies
+    from lsst_spark_ml.training.morphology import network_config
+    cfg = network_config(MorphologySettings(network="dat", preset="dat_tiny", image_size=size), len(CLASSES))
+    torch.manual_seed(0)
+    model = build_morphology_model("dat", cfg).eval()
+    bands = render_galaxies(n, seed=5, settings=RenderSettings.survey(size=size)).images
+    bands = bands.astype(np.float16).astype(np.float32)                  # what the cutout tables hold
+    out = {"gflop": 2 * count_flops(model, (1, 11, size, size)) / 1e9}
+    x = torch.from_numpy(build_inputs(bands[:1], size)[0])
+    for prec in ("float32", "bfloat16"):
+        pred = MorphologyPredictor(model, {"classes": list(CLASSES), "image_size": size}, "", torch.device("cpu"),
+                                   prec)
+        ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bfloat16")
+
+        def net():
+            with torch.inference_mode(), ac:
+                model(x)
+        out[prec + "_network"] = _rate(net, 1, repeats=2)
+        out[prec] = _rate(lambda: pred.predict(bands, batch_size=1), n, repeats=1)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--objects", type=int, default=20000, help="objects timed per measurement")
@@ -53,6 +91,9 @@ def main():
     ap.add_argument("--stars", type=float, default=17e9)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--morph-galaxies", type=float, default=MORPH_GALAXIES)
+    ap.add_argument("--morph-size", type=int, default=480)
+    ap.add_argument("--morph-images", type=int, default=4, help="cutouts timed per precision")
     args = ap.parse_args()
 
     import torch
@@ -113,6 +154,9 @@ def main():
                  "whole_per_s": _rate(lambda: dcp.predict(v, e, kind, batch_size=bs), n)})
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
+    morph = morphology_rates(args.morph_size, args.morph_images)
+    print(json.dumps(morph), file=sys.stderr, flush=True)
+
     n_all = args.galaxies + args.stars
     flagged = FLAGGED_GALAXY_FRACTION * args.galaxies
     print(f"\ncost model: this CPU ({', '.join(cpu_bf16_features()) or 'no native bf16'}), 1 thread = 1 core, "
@@ -134,7 +178,12 @@ def main():
         ch = flagged / rate / 3600
         print(f"| Bayesian follow-up, {method} (measured, bayes_results.md) | float32 | - | - | {rate:,.0f} | "
               f"{flagged:.3g} | {ch:,.0f} | - |")
-    print("| morphology per cutout | - | - | - | not implemented in the project yet | - | - | - |")
+    for prec in ("float32", "bfloat16"):
+        rate = morph[prec]
+        print(f"| morphology, DAT-Tiny {args.morph_size} px per cutout (masks + network) | {prec} | "
+              f"{morph['gflop'] * 1e3:,.0f} | {morph[prec + '_network']:.2f} | {rate:.2f} | "
+              f"{args.morph_galaxies:.3g} | {args.morph_galaxies / rate / 3600:,.0f} | "
+              f"{morph[prec + '_network'] * morph['gflop']:.1f} |")
     ens = {r["precision"]: r for r in rows if r["model"].startswith("MBRNN ensemble")}
     dcp_row = rows[-1]          # the DCP model as the jobs run it: score (TS2) + photo-z (TS3)
     vi = flagged / BAYES_OBJECTS_PER_S_CORE["vi"] / 3600
@@ -143,18 +192,25 @@ def main():
     print(f"\nrelease total (photo-z ensemble + DCP on every object, VI on flagged galaxies): "
           f"{total['float32']:,.0f} core-hours in float32, {total['bfloat16']:,.0f} with bfloat16 photo-z "
           "(DCP kept float32)")
-    print("\nGPU: not measured here (no GPU on this task). FLOP-based projection at "
-          f"{GPU_UTILISATION:.0%} of the datasheet bf16 peak, network only (features and summaries on the host "
-          "CPU are not included):")
-    for name, peak in GPU_SPECS.items():
-        for r in (ens["bfloat16"], dcp_row):
-            gh = n_all * r["flops"] / (peak * GPU_UTILISATION) / 3600
-            print(f"  {name}: {r['model']}: {gh:,.1f} GPU-hours for {n_all:.3g} objects")
+    g = GPU_MEASURED
+    print(f"\nGPU ({g['device']}, measured: benchmarks/gpu_results.md; 16 tasks share the GPU, whole per-row work):")
+    print(f"  photo-z ensemble, bfloat16: {g['photoz_ensemble_rows_per_s'] / 1e6:.2f} M rows/s -> "
+          f"{n_all / g['photoz_ensemble_rows_per_s'] / 3600:,.1f} GPU-hours for {n_all:.3g} objects")
+    morph_gh = args.morph_galaxies / g["morphology_480_images_per_s"] / 3600
+    morph_gh_net = args.morph_galaxies / g["morphology_480_network_only_images_per_s"] / 3600
+    print(f"  morphology, DAT-Tiny 480 px, bfloat16: {g['morphology_480_images_per_s']:.0f} images/s -> "
+          f"{morph_gh:,.0f} GPU-hours for {args.morph_galaxies:.3g} galaxies ({morph_gh_net:,.0f} if the masks "
+          "were built on the GPU: the network-only rate)")
+    print(f"  DCP (one task per GPU measured, float32): {g['dcp_rows_per_s_one_task'] / 1e3:.0f} k rows/s -> "
+          f"{n_all / g['dcp_rows_per_s_one_task'] / 3600:,.1f} GPU-hours at one task per GPU (an upper bound)")
     print("\nAssumptions: every object (galaxy or star) goes through the photo-z ensemble and DCP, because the "
           "star/galaxy split is itself uncertain; the Bayesian follow-up runs on DCP-flagged galaxies only, at "
           f"the flagged fraction measured on cosmoDC2 ({FLAGGED_GALAXY_FRACTION:.2%}); a cluster core is as fast as "
           "one core here; Spark's overhead is the measured Spark / plain-torch ratio (benchmarks/inference_paths.py) "
-          "and is not included above; reading and writing (HATS) are not included (release_throughput.py).")
+          "and is not included above; reading and writing (HATS) are not included (release_throughput.py); "
+          f"morphology runs on {args.morph_galaxies:.3g} galaxies (i < 23, about 10 per arcmin^2 over 18,000 "
+          f"deg^2) at {args.morph_size} px, and a {args.morph_size} px float16 cutout is "
+          f"{5 * args.morph_size ** 2 * 2 / 1e6:.1f} MB to store and read.")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "total_core_hours": total}, indent=1, default=float))
 

@@ -282,6 +282,77 @@ def morphology(res: dict, dev, cutouts: np.ndarray, quick: bool, out: Path) -> N
     print("morphology", json.dumps(m), file=sys.stderr, flush=True)
 
 
+def _share_worker(kind, dirs, device, n, barrier, queue):
+    """One Spark task's share of a GPU: one torch thread (Spark's layout), its own model copy, its rows."""
+    import torch
+    torch.set_num_threads(1)
+    if kind == "photoz":
+        from lsst_spark_ml.cli import default_model_dir
+        from lsst_spark_ml.inference.photoz import PhotozPredictor
+        c = np.load(Path(dirs["in"]) / "calib.npz")
+        reps = int(np.ceil(n / len(c["v"])))
+        v = np.tile(c["v"].astype(np.float64), (reps, 1))[:n]
+        e = np.tile(c["e"].astype(np.float64), (reps, 1))[:n]
+        pred = PhotozPredictor.load(default_model_dir(), device=device, precision="bfloat16")
+        pred.predict(v[:70000], e[:70000], "mag", batch_size=65536)
+
+        def work():
+            pred.predict(v, e, "mag", batch_size=65536)
+    else:
+        from lsst_spark_ml.inference.morphology import MorphologyPredictor
+        bands = np.load(Path(dirs["in"]) / "cutouts.npz")["bands"].astype(np.float32)
+        bands = np.resize(bands, (n,) + bands.shape[1:])
+        pred = MorphologyPredictor.load(dirs["model"], device=device, precision="bfloat16")
+        pred.predict(bands[:2], batch_size=8)
+
+        def work():
+            pred.predict(bands, batch_size=8)
+    barrier.wait()
+    t0 = time.time()
+    work()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    queue.put((t0, time.time()))
+
+
+def sharing(res: dict, dev, args, out: Path) -> None:
+    """k processes share one GPU, as k Spark tasks with gpu amount 1/k: aggregate rows/s and images/s."""
+    import multiprocessing as mp
+
+    import torch
+
+    from lsst_spark_ml.artefacts import save_artefact
+    from lsst_spark_ml.config import MorphologySettings
+    from lsst_spark_ml.inference.morphology import KIND
+    from lsst_spark_ml.models.dat import build_morphology_model
+    from lsst_spark_ml.training.morphology import network_config
+    classes = ["E", "S0", "Sa", "Sb", "Sc", "Irr"]
+    cfg = network_config(MorphologySettings(network="dat", preset="dat_tiny", image_size=480), len(classes))
+    torch.manual_seed(0)
+    model_dir = Path(tempfile.mkdtemp(prefix="dat_tiny_share_"))
+    save_artefact(model_dir, build_morphology_model("dat", cfg).state_dict(), {
+        "kind": KIND, "network": "dat", "architecture": cfg, "classes": classes, "bands": list("grizy"),
+        "image_size": 480, "note": "random weights: benchmark only"})
+    dirs = {"in": args.dir, "model": str(model_dir)}
+    ctx = mp.get_context("spawn")
+    share = {}
+    for kind, n, ks in (("photoz", args.share_rows, args.share_photoz), ("morphology", args.share_images,
+                                                                        args.share_morph)):
+        for k in ks:
+            barrier, queue = ctx.Barrier(k), ctx.Queue()
+            procs = [ctx.Process(target=_share_worker, args=(kind, dirs, str(dev), n, barrier, queue))
+                     for _ in range(k)]
+            for p in procs:
+                p.start()
+            times = [queue.get(timeout=300) for _ in procs]
+            for p in procs:
+                p.join()
+            wall = max(t[1] for t in times) - min(t[0] for t in times)
+            share[f"{kind}_tasks{k}"] = {"per_s": k * n / wall, "per_s_per_task": n / wall}
+            print("share", kind, k, json.dumps(share[f"{kind}_tasks{k}"]), file=sys.stderr, flush=True)
+    res["sharing"] = share
+
+
 def run(args) -> int:
     import torch
     dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -296,10 +367,12 @@ def run(args) -> int:
     cutouts = np.load(Path(args.dir) / "cutouts.npz")["bands"]
     cutouts = np.resize(cutouts, (args.images,) + cutouts.shape[1:])
     failures = []
-    for name, f in (("peaks", lambda: res.update(matmul_peak=matmul_peaks(dev, 2048 if args.quick else 8192))),
-                    ("photoz", lambda: photoz(res, dev, calib, args.rows, args.quick)),
-                    ("dcp", lambda: dcp(res, dev, calib, args.rows)),
-                    ("morphology", lambda: morphology(res, dev, cutouts, args.quick, out))):
+    sections = {"peaks": lambda: res.update(matmul_peak=matmul_peaks(dev, 2048 if args.quick else 8192)),
+                "photoz": lambda: photoz(res, dev, calib, args.rows, args.quick),
+                "dcp": lambda: dcp(res, dev, calib, args.rows),
+                "morphology": lambda: morphology(res, dev, cutouts, args.quick, out),
+                "sharing": lambda: sharing(res, dev, args, out)}
+    for name, f in ((k, sections[k]) for k in args.sections.split(",")):
         t = time.perf_counter()
         try:
             f()
@@ -327,6 +400,11 @@ def main():
     r.add_argument("--rows", type=int, default=1_000_000)
     r.add_argument("--images", type=int, default=32)
     r.add_argument("--quick", action="store_true", help="small sizes: a dry run of every section on a CPU")
+    r.add_argument("--sections", default="peaks,photoz,dcp,morphology,sharing")
+    r.add_argument("--share-rows", type=int, default=1_000_000, help="photo-z rows per sharing task")
+    r.add_argument("--share-images", type=int, default=16, help="480 px cutouts per sharing task")
+    r.add_argument("--share-photoz", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8, 16])
+    r.add_argument("--share-morph", type=lambda t: [int(x) for x in t.split(",")], default=[1, 4, 8, 16])
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(Path(args.dir), args.renders, args.size)

@@ -135,6 +135,12 @@ class InferenceSettings:
     threads: int | None = None         # None: the Spark task's cores
     pdf_format: str = "float32"        # float32 (array<float>, 256 B for 64 bins) | uint8 (64 B; inference.compact_pdf)
     batch_mb: float | None = 16.0      # Arrow batch by bytes: maxRecordsPerBatch = batch_mb / row width; None: rows
+    # rows per network call on a GPU: on an H200, 65,536 gave 1.6-2.5x the whole-row rate of 2,048
+    # (benchmarks/gpu_results.md)
+    gpu_batch_size: int = 65536
+    # concurrent tasks sharing one GPU (task gpu amount 1/n): the per-row host work (features, Arrow) is
+    # single-threaded per task, so one task cannot feed a GPU; None: the executor's cores per GPU
+    tasks_per_gpu: int | None = None
 
 
 @dataclass
@@ -275,6 +281,9 @@ class MorphologySettings:
     precision: str = "float32"         # float32 | bfloat16 (autocast; benchmarks/morphology_inference.py)
     device: str = "auto"               # auto | cpu | cuda
     batch_mb: float = 64.0             # Arrow batches sized by bytes (a 480 px float16 cutout is 2.3 MB)
+    # concurrent tasks sharing one GPU: the object masks are built on the host, one core per task, at ~15
+    # images/s against ~460 images/s of DAT-Tiny on an H200; None: the executor's cores per GPU
+    tasks_per_gpu: int | None = None
     attention: bool = False            # predict: also write each galaxy's attention map (float16, feature grid)
     keep_cutout: bool = False          # predict: carry the cutout bytes into the output table
     # make-cutouts: the rendered sets (lsst_spark_ml.morphology.render)
@@ -357,6 +366,10 @@ class Config:
             raise ConfigError(f"inference.pdf_format must be float32|uint8, got {self.inference.pdf_format!r}")
         if self.inference.batch_mb is not None and not self.inference.batch_mb > 0:
             raise ConfigError(f"inference.batch_mb must be > 0 or null, got {self.inference.batch_mb}")
+        if self.inference.gpu_batch_size < 1 or (self.inference.tasks_per_gpu is not None
+                                                 and self.inference.tasks_per_gpu < 1):
+            raise ConfigError("inference.gpu_batch_size must be >= 1 and inference.tasks_per_gpu >= 1 or null, got "
+                              f"{self.inference.gpu_batch_size}, {self.inference.tasks_per_gpu}")
         if self.inference.batch_size < 1 or self.spark.arrow_batch_rows < 1:
             raise ConfigError("inference.batch_size and spark.arrow_batch_rows must be positive")
         if not 0 <= self.output.hats_order <= 19:
@@ -403,6 +416,8 @@ class Config:
         if m.precision not in ("float32", "bfloat16") or m.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"morphology.precision must be float32|bfloat16 and morphology.device auto|cpu|cuda, "
                               f"got {m.precision!r}, {m.device!r}")
+        if m.tasks_per_gpu is not None and m.tasks_per_gpu < 1:
+            raise ConfigError(f"morphology.tasks_per_gpu must be >= 1 or null, got {m.tasks_per_gpu}")
         if m.mode not in ("supervised", "semi"):
             raise ConfigError(f"morphology.mode must be supervised|semi, got {m.mode!r}")
         if m.curriculum not in ("none", "snr"):

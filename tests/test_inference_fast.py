@@ -152,6 +152,21 @@ def test_batch_rows_follow_bytes(spark):
     assert inference_resource_profile(spark, InferenceSettings(device="cuda")) is None     # local: no GPUs
 
 
+def test_gpu_profile_shares_each_gpu_between_tasks(spark):
+    from udfs.photoz import network_batch
+    from udfs.resources import gpu_profile, tasks_per_gpu
+    prof = inference_resource_profile(spark, InferenceSettings(device="cuda", tasks_per_gpu=4), force=True)
+    assert prof.taskResources["gpu"].amount == 0.25 and prof.taskResources["cpus"].amount == 1
+    assert prof.executorResources["gpu"].amount == 1
+    assert gpu_profile(spark, "cpu", None) is None
+    # None: the executor's cores per GPU
+    assert tasks_per_gpu({"spark.executor.cores": "16", "spark.executor.resource.gpu.amount": "2"}, None) == 8
+    assert tasks_per_gpu({}, None) == 1 and tasks_per_gpu({}, 3) == 3
+    inf = InferenceSettings()
+    assert network_batch(inf, torch.device("cpu")) == inf.batch_size
+    assert network_batch(inf, torch.device("cuda:1")) == inf.gpu_batch_size
+
+
 def test_uint8_pdf_column_in_spark(spark, tiny_model):
     from test_udf_photoz import damaged_frame
     pdf = damaged_frame(1500)

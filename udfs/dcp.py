@@ -16,6 +16,7 @@ from lsst_spark_ml.inference.dcp import OOD_COLUMNS
 from lsst_spark_ml.inference.schema import OUTPUT_COLUMNS, arrow_columns, spark_fields
 from lsst_spark_ml.io.columns import ResolvedColumns
 from udfs.photoz import _column_getter_arrow, _photometry, broadcast_model, check_arity  # noqa: F401  (re-exported)
+from udfs.photoz import network_batch
 
 
 def _predictor(model, inf: InferenceSettings):
@@ -47,7 +48,7 @@ def dcp_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, with_
         pred = _predictor(model, inf)
         for batch in batches:
             values, errors, ebv = _photometry(_column_getter_arrow(batch), cols)
-            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
+            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=network_batch(inf, pred.device))
             out = ood_arrow_columns(res)
             if with_photoz:
                 out.update(arrow_columns(res, pred.sha256, pred.n_bins, with_pdf))
@@ -92,7 +93,7 @@ def dcp_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings, with_pd
             check_arity("ood_dcp", names, series)
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
-            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
+            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=network_batch(inf, pred.device))
             out = {**ood_arrow_columns(res), **arrow_columns(res, pred.sha256, pred.n_bins, with_pdf)}
             yield pa.table(out).to_pandas()
     return ood_dcp

@@ -89,7 +89,7 @@ def photoz_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, wi
         sha256 = pred.sha256
         for batch in batches:
             values, errors, ebv = _photometry(_column_getter_arrow(batch), cols)
-            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
+            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=network_batch(inf, pred.device))
             out = arrow_columns(res, sha256, pred.n_bins, with_pdf, inf.pdf_format)
             arrays = list(batch.columns) + list(out.values())
             names = list(batch.schema.names) + list(out.keys())
@@ -140,29 +140,19 @@ def check_no_collision(input_schema) -> None:
                            "rename or drop them first")
 
 
-def inference_resource_profile(spark, inf: InferenceSettings, gpus_per_task: float = 1.0, cpus_per_task: int = 1,
-                               force: bool = False):
-    """A stage-level ``ResourceProfile`` for the inference stage only (``mapInArrow(..., profile=...)``).
+def inference_resource_profile(spark, inf: InferenceSettings, force: bool = False):
+    """A stage-level ``ResourceProfile`` for the photo-z stage only (``mapInArrow(..., profile=...)``).
 
     With ``inference.device: cuda`` only the photo-z stage asks for GPUs: the reading, shuffling and
-    writing stages keep the default profile and run on plain CPU executors. Each task gets
-    ``gpus_per_task`` GPUs (1: one task and one model per GPU; the per-worker cache is keyed by the GPU the
-    task was given, so a Python worker never holds two copies of the model on one GPU). Executors ask
-    for ``spark.executor.resource.gpu.amount`` GPUs (default 1), found by the cluster's
-    ``spark.executor.resource.gpu.discoveryScript``. Needs a cluster manager with stage-level scheduling
-    (YARN or Kubernetes with dynamic allocation, or standalone); local mode cannot schedule GPUs, so there
-    the answer is None (``force`` builds it anyway, for inspection)."""
-    if inf.device != "cuda" and not force:
-        return None
-    if spark.sparkContext.master.startswith("local") and not force:
-        return None
-    from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
-    conf = spark.sparkContext.getConf()
-    ereq = ExecutorResourceRequests().resource(
-        "gpu", int(conf.get("spark.executor.resource.gpu.amount", "1")),
-        discoveryScript=conf.get("spark.executor.resource.gpu.discoveryScript", ""))
-    treq = TaskResourceRequests().cpus(cpus_per_task).resource("gpu", gpus_per_task)
-    return ResourceProfileBuilder().require(ereq).require(treq).build
+    writing stages keep the default profile and run on plain CPU executors. ``inference.tasks_per_gpu``
+    tasks share each GPU (``udfs.resources.gpu_profile``). None on CPU and in local mode."""
+    from udfs.resources import gpu_profile
+    return gpu_profile(spark, inf.device, inf.tasks_per_gpu, force=force)
+
+
+def network_batch(inf: InferenceSettings, device) -> int:
+    """Rows per network call: ``batch_size`` (sized for a CPU's cache) or ``gpu_batch_size`` on a GPU."""
+    return inf.gpu_batch_size if getattr(device, "type", str(device)).startswith("cuda") else inf.batch_size
 
 
 def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
@@ -182,7 +172,7 @@ def photoz_pandas_udf(model, cols: ResolvedColumns, inf: InferenceSettings):
             check_arity("photoz", names, series)
             frame = dict(zip(names, series))
             values, errors, ebv = _photometry(lambda c: frame[c].astype("float64").to_numpy(), cols)
-            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=inf.batch_size)
+            res = pred.predict(values, errors, cols.photometry, ebv, batch_size=network_batch(inf, pred.device))
             out = arrow_columns(res, sha256, pred.n_bins, pdf_format=inf.pdf_format)
             yield pa.table(out).to_pandas()
     return photoz

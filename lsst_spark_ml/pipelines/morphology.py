@@ -64,7 +64,10 @@ def predict(spark, cfg: Config, cutouts: str, model_dir: str, out_path: str) -> 
                            f"{manifest['image_size']} x {manifest['image_size']} pixels")
     df = spark.read.parquet(str(cutouts))
     mapper = morphology_arrow_mapper(spark.sparkContext.broadcast(payload), ms, ms.keep_cutout)
-    out = df.mapInArrow(mapper, output_schema(df.schema, ms.attention, ms.keep_cutout))
+    # GPU executors: only this stage asks for GPUs, shared by morphology.tasks_per_gpu tasks each
+    from udfs.resources import gpu_profile
+    profile = gpu_profile(spark, ms.device, ms.tasks_per_gpu)
+    out = df.mapInArrow(mapper, output_schema(df.schema, ms.attention, ms.keep_cutout), profile=profile)
     rows = rows_per_batch(tuple(info.shape), info.dtype, target_mb=ms.batch_mb)
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old = spark.conf.get(key)
