@@ -238,3 +238,34 @@ def test_gpu_predictor_matches_cpu(shipped, calib):     # pragma: no cover - run
     assert gpu._pinned(4096, 11).is_pinned()
     g16 = PhotozPredictor.load(default_model_dir(), device="cuda", precision="auto", gate_kw={"sample": calib})
     assert g16.precision == ("bfloat16" if torch.cuda.is_bf16_supported() and g16.gate.passed else "float32")
+
+
+def test_dcp_runs_folded_and_its_bfloat16_is_gated_on_the_ood_answer_too(calib, monkeypatch):
+    """DCP: the folded float32 pairs give the trained model's scores; bfloat16 only where the gate passes,
+    and the gate also bounds how the OOD flags move."""
+    from pathlib import Path
+
+    from lsst_spark_ml.artefacts import load_artefact
+    from lsst_spark_ml.cli import default_model_dir
+    from lsst_spark_ml.inference.dcp import DCPPredictor
+    from lsst_spark_ml.models import dcp_score
+    monkeypatch.setenv("LSST_SPARK_ML_CPU_BF16", "1")
+    art = load_artefact(Path(default_model_dir()).parent / "dcp_dc2")
+    v, e, kind, z = calib
+    p32 = DCPPredictor.from_artefact(art)
+    assert p32.precision == "float32"
+    Xs = p32.scaler.transform(build_features(v[:4000], e[:4000], kind, p32.bands, p32.features)[0])[0]
+    with torch.inference_mode():
+        trained = dcp_score(*p32.ts2(torch.from_numpy(np.ascontiguousarray(Xs, np.float32)))).double().numpy()
+    np.testing.assert_allclose(p32.score_and_pdf(Xs)[0], trained, atol=1e-4)
+
+    gate = bf16_gate(p32, sample=calib, use_cache=False)
+    assert gate.passed, gate.reason
+    assert gate.deltas["ood_flag_jaccard"] >= 0.98 and gate.deltas["ood_flagged_fraction"] < 0.01
+    auto = DCPPredictor.from_artefact(art, precision="auto", gate_kw={"sample": calib})
+    assert auto.precision == "bfloat16" and "gate passed" in auto.precision_reason
+    r32, r16 = p32.predict(v, e, kind), auto.predict(v, e, kind)
+    assert 0 < np.abs(r16["ood_score"] - r32["ood_score"]).max() < 0.2      # bfloat16 really runs
+    strict = DCPPredictor.from_artefact(art, precision="auto",
+                                        gate_kw={"sample": calib, "rel_tol": 1e-6, "tv_p99": 1.0})
+    assert strict.precision == "float32" and "OOD score change" in strict.precision_reason

@@ -19,7 +19,9 @@ from udfs.photoz import _column_getter_arrow, _photometry, broadcast_model, chec
 from udfs.photoz import network_batch
 
 
-def _predictor(model, inf: InferenceSettings):
+def _predictor(model, inf: InferenceSettings, bf16_verified: bool | None = None):
+    """One DCPPredictor per Python worker; ``bf16_verified``: the driver's accuracy-gate verdict (None: the
+    worker runs the gate itself where its hardware would pick bfloat16, cached per model)."""
     from lsst_spark_ml.inference.photoz import pick_device
     payload = model.value
     device = str(pick_device(inf.device))
@@ -31,8 +33,9 @@ def _predictor(model, inf: InferenceSettings):
         from lsst_spark_ml.inference.dcp import DCPPredictor
         from lsst_spark_ml.session import task_cores
         torch.set_num_threads(inf.threads or task_cores())
-        return DCPPredictor.from_artefact(artefact_from_payload(payload), device=device)
-    return cache.get_or_load((payload.sha256, device, "dcp"), load)
+        return DCPPredictor.from_artefact(artefact_from_payload(payload), device=device, precision=inf.precision,
+                                          bf16_verified=bf16_verified)
+    return cache.get_or_load((payload.sha256, device, "dcp", inf.precision, bf16_verified), load)
 
 
 def ood_arrow_columns(res: dict) -> dict[str, pa.Array]:
@@ -42,10 +45,10 @@ def ood_arrow_columns(res: dict) -> dict[str, pa.Array]:
 
 
 def dcp_arrow_mapper(model, cols: ResolvedColumns, inf: InferenceSettings, with_photoz: bool = True,
-                     with_pdf: bool = True):
+                     with_pdf: bool = True, bf16_verified: bool | None = None):
     """A function for ``DataFrame.mapInArrow``; every input row comes out once with the outputs appended."""
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pred = _predictor(model, inf)
+        pred = _predictor(model, inf, bf16_verified)
         for batch in batches:
             values, errors, ebv = _photometry(_column_getter_arrow(batch), cols)
             res = pred.predict(values, errors, cols.photometry, ebv, batch_size=network_batch(inf, pred.device))

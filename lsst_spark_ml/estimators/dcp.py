@@ -244,8 +244,14 @@ class DCPModel(Model, _DCPParams, MLWritable, MLReadable):
         if clash:
             raise CatalogError(f"the DataFrame already has column(s) {clash} that DCP would write; drop them, or "
                                "set withPhotoz=False after a photo-z stage")
+        from ..artefacts import artefact_from_payload
+        from ..inference.dcp import DCPPredictor
+        from ..pipelines.photoz import _bf16_verdict
+        inf = InferenceSettings()
+        # bfloat16 or not is decided once, here (accuracy gate, cached per model), not on every worker
+        verdict, _ = _bf16_verdict(DCPPredictor.from_artefact(artefact_from_payload(self.payload)), inf.precision)
         bc = dataset.sparkSession.sparkContext.broadcast(self.payload)
-        return dataset.mapInArrow(dcp_arrow_mapper(bc, cols, InferenceSettings(), with_photoz, with_pdf),
+        return dataset.mapInArrow(dcp_arrow_mapper(bc, cols, inf, with_photoz, with_pdf, verdict),
                                   output_schema(dataset.schema, with_photoz, with_pdf))
 
     def copy(self, extra=None):

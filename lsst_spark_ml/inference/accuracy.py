@@ -103,6 +103,32 @@ def compare(pdf32: np.ndarray, pdf16: np.ndarray, edges: np.ndarray, truth: np.n
     return GateResult(not bad, reason, len(truth), m32, m16, deltas, p99, float(tv.max()))
 
 
+OOD_JACCARD = 0.98
+
+
+def _with_ood_checks(res: GateResult, r32: dict, r16: dict, flag_threshold: float, rel_tol: float) -> GateResult:
+    """DCP models: the OOD answer must not move either. The flagged fraction within ``rel_tol`` relative,
+    the flagged sets overlapping by ``OOD_JACCARD`` (intersection / union), and the score's 99th-percentile
+    change below ``rel_tol`` of the flag threshold (the shipped model: 320 -> 322 flagged of 20,449, 4
+    changed, Jaccard 0.988, p99 change 0.0195 on a threshold of 3.37)."""
+    f32, f16 = np.asarray(r32["ood_flag"], bool), np.asarray(r16["ood_flag"], bool)
+    n32, n16 = int(f32.sum()), int(f16.sum())
+    frac = abs(n16 - n32) / max(n32, 1)
+    jac = (f32 & f16).sum() / max(int((f32 | f16).sum()), 1)
+    dscore = float(np.percentile(np.abs(np.asarray(r16["ood_score"]) - np.asarray(r32["ood_score"])), 99))
+    bad = [] if res.passed else [res.reason]
+    if not frac < rel_tol:
+        bad.append(f"flagged {n32} -> {n16} ({frac:.2%})")
+    if not jac >= OOD_JACCARD:
+        bad.append(f"flagged sets overlap {jac:.3f} < {OOD_JACCARD}")
+    if not dscore < rel_tol * flag_threshold:
+        bad.append(f"OOD score change p99 {dscore:.4f} >= {rel_tol:g} x threshold {flag_threshold:.3f}")
+    res.deltas.update({"ood_flagged_fraction": frac, "ood_flag_jaccard": float(jac),
+                       "ood_score_change_p99_over_threshold": dscore / flag_threshold})
+    res.passed, res.reason = not bad, ("within tolerance" if not bad else "; ".join(bad))
+    return res
+
+
 def _disk_path(key: str) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lsst_spark_ml" / "bf16_gate"
     return root / f"{key}.json"
@@ -110,12 +136,14 @@ def _disk_path(key: str) -> Path:
 
 def bf16_gate(pred, rel_tol: float = REL_TOL, tv_p99: float = TV_P99, sample=None,
               use_cache: bool = True) -> GateResult:
-    """Run (or recall) the gate for a loaded ``PhotozPredictor``. ``sample``: (values, errors, kind, truth);
-    None: the cosmoDC2 validation file. Results from a caller-supplied sample are never cached."""
+    """Run (or recall) the gate for a loaded ``PhotozPredictor`` or ``DCPPredictor``. ``sample``: (values,
+    errors, kind, truth); None: the cosmoDC2 validation file. Results from a caller-supplied sample are never cached."""
     import torch
 
     from .fast import FoldedEnsemble
-    cache_key = f"{pred.sha256}-{FoldedEnsemble.SCHEME}-rel{rel_tol:g}-tv{tv_p99:g}-torch{torch.__version__}"
+    ood = f"-ood{OOD_JACCARD:g}" if hasattr(pred, "thresholds") else ""        # DCP: the OOD checks too
+    cache_key = (f"{pred.sha256}-{FoldedEnsemble.SCHEME}{ood}-rel{rel_tol:g}-tv{tv_p99:g}"
+                 f"-torch{torch.__version__}")
     cacheable = use_cache and sample is None
     if cacheable:
         with _LOCK:
@@ -138,6 +166,8 @@ def bf16_gate(pred, rel_tol: float = REL_TOL, tv_p99: float = TV_P99, sample=Non
     r16 = pred.with_precision("bfloat16").predict(values, errors, kind)
     ok = r32["ok"] & r16["ok"] & np.isfinite(truth)
     res = compare(r32["pdf"][ok], r16["pdf"][ok], pred.edges, truth[ok], rel_tol, tv_p99)
+    if "ood_score" in r32:
+        res = _with_ood_checks(res, r32, r16, pred.thresholds["flag"], rel_tol)
     if cacheable:
         with _LOCK:
             _MEMO[cache_key] = res

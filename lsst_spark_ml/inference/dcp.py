@@ -5,6 +5,8 @@ use this one object.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,9 +16,11 @@ from ..artefacts import Artefact
 from ..config import FeatureSettings
 from ..features import flags as F
 from ..features.scaling import MinMaxScaler
-from ..models import DCPPair, dcp_score
+from ..models import DCPPair, MBRNNEnsemble, dcp_score
 from .photoz import pick_device, scaled_features
 from .summaries import POINT_COLUMNS, summarize
+
+_log = logging.getLogger(__name__)
 
 KIND = "dcp-ood"
 OOD_COLUMNS = ("ood_score", "ood_flag", "ood_tercile")
@@ -30,6 +34,9 @@ def pair_from_tensors(tensors: dict[str, torch.Tensor], prefix: str, arch: dict)
 
 @dataclass
 class DCPPredictor:
+    """``ts2``/``ts3`` keep the pairs as trained; inference runs them BatchNorm-folded (``fast.FoldedEnsemble``:
+    equal up to float32 rounding), in ``precision`` (float32, or bfloat16 inner layers where the hardware
+    has it and the accuracy gate passes: ``inference.accuracy``, which for DCP also bounds the flag changes)."""
     ts2: DCPPair
     ts3: DCPPair
     scaler: MinMaxScaler
@@ -40,20 +47,61 @@ class DCPPredictor:
     sha256: str
     manifest: dict
     device: torch.device = torch.device("cpu")
+    precision: str = "float32"
+    precision_reason: str = "requested"
+    gate: object | None = None
+
+    def __post_init__(self):
+        from .fast import FoldedEnsemble
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"a loaded predictor runs in float32 or bfloat16, not {self.precision!r}")
+        dt = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        self._runners = tuple(FoldedEnsemble(MBRNNEnsemble([p.he, p.le]), dt).to(self.device)
+                              for p in (self.ts2, self.ts3))
+
+    def with_precision(self, precision: str) -> "DCPPredictor":
+        if precision == self.precision:
+            return self
+        return dataclasses.replace(self, precision=precision, precision_reason="requested", gate=None)
 
     @classmethod
-    def from_artefact(cls, art: Artefact, device: str = "cpu") -> "DCPPredictor":
+    def from_artefact(cls, art: Artefact, device: str = "cpu", precision: str = "float32",
+                      bf16_verified: bool | None = None, gate_kw: dict | None = None) -> "DCPPredictor":
+        """``precision``: auto | float32 | bfloat16, as ``PhotozPredictor.from_artefact``."""
+        from .fast import resolve_precision
         man = art.manifest
         if man.get("kind") != KIND:
             raise ValueError(f"{art.path} holds a {man.get('kind')!r} model, not a DCP OOD model")
         dev = pick_device(device)
         arch = man["architecture"]
         b = man["bins"]
-        return cls(pair_from_tensors(art.tensors, "ts2.", arch).to(dev),
+        pred = cls(pair_from_tensors(art.tensors, "ts2.", arch).to(dev),
                    pair_from_tensors(art.tensors, "ts3.", arch).to(dev),
                    MinMaxScaler.from_dict(man["scaler"]), list(man["bands"]), FeatureSettings(**man["features"]),
                    np.linspace(b["z_min"], b["z_max"], b["n_bins"] + 1), dict(man["thresholds"]), art.sha256, man,
                    dev)
+        resolved = resolve_precision(precision, dev)
+        if precision != "auto":
+            return pred.with_precision(resolved)
+        if resolved == "float32":
+            pred.precision_reason = f"auto: no native bfloat16 on {dev.type}"
+            return pred
+        if bf16_verified is not None:
+            out = pred.with_precision("bfloat16") if bf16_verified else pred
+            out.precision_reason = ("auto: native bfloat16, accuracy gate passed (verdict from the driver)"
+                                    if bf16_verified else "auto: accuracy gate failed on the driver; float32")
+            return out
+        from .accuracy import bf16_gate
+        gate = bf16_gate(pred, **(gate_kw or {}))
+        if not gate.passed:
+            _log.warning("DCP model %s: bfloat16 fails the accuracy gate (%s); float32", art.sha256[:12],
+                         gate.reason)
+            pred.precision_reason, pred.gate = f"auto: accuracy gate failed ({gate.reason}); float32", gate
+            return pred
+        out = pred.with_precision("bfloat16")
+        out.precision_reason = f"auto: native bfloat16, accuracy gate passed on {gate.n} objects"
+        out.gate = gate
+        return out
 
     @property
     def n_bins(self) -> int:
@@ -65,9 +113,9 @@ class DCPPredictor:
         pdf = np.empty((len(Xs), self.n_bins), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, len(Xs), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(Xs[s:s + batch_size])).to(self.device)
-                score[s:s + batch_size] = dcp_score(*self.ts2(xb)).double().cpu().numpy()
-                he, le = self.ts3(xb)
+                xb = torch.from_numpy(np.ascontiguousarray(Xs[s:s + batch_size], dtype=np.float32)).to(self.device)
+                score[s:s + batch_size] = dcp_score(*self._runners[0].member_logits(xb)).double().cpu().numpy()
+                he, le = self._runners[1].member_logits(xb)
                 p = 0.5 * (torch.softmax(he.float(), 1) + torch.softmax(le.float(), 1))
                 pdf[s:s + batch_size] = p.cpu().numpy()
         return score, pdf
