@@ -174,6 +174,7 @@ def dcp(res: dict, dev, calib, rows: int) -> None:
 
     from lsst_spark_ml.artefacts import load_artefact
     from lsst_spark_ml.cli import default_model_dir
+    from lsst_spark_ml.inference.accuracy import bf16_gate
     from lsst_spark_ml.inference.dcp import DCPPredictor
     v, e, kind, _ = calib
     art = load_artefact(Path(default_model_dir()).parent / "dcp_dc2")
@@ -182,11 +183,15 @@ def dcp(res: dict, dev, calib, rows: int) -> None:
     reps = int(np.ceil(rows / len(v)))
     V, E = np.tile(v, (reps, 1))[:rows], np.tile(e, (reps, 1))[:rows]
     torch.set_num_threads(os.cpu_count() or 1)
+    gate = bf16_gate(gpu, sample=calib, use_cache=False)
     res["dcp"] = {"score_max_abs_diff_vs_cpu": float(np.max(np.abs(a["ood_score"] - b["ood_score"]))),
                   "ood_flag_equal": bool((a["ood_flag"] == b["ood_flag"]).all()),
-                  "whole_predict_rows_per_s": len(V) / _best(lambda: gpu.predict(V, E, kind, batch_size=65536),
-                                                             dev, 3, 1)}
-    print("dcp", json.dumps(res["dcp"]), file=sys.stderr, flush=True)
+                  "bf16_gate_on_device": {"passed": gate.passed, "reason": gate.reason, "deltas": gate.deltas}}
+    for prec in ("float32", "bfloat16"):
+        g = gpu.with_precision(prec)
+        res["dcp"][f"whole_predict_rows_per_s_{prec}"] = len(V) / _best(
+            lambda: g.predict(V, E, kind, batch_size=65536), dev, 3, 1)
+    print("dcp", json.dumps(res["dcp"], default=float), file=sys.stderr, flush=True)
 
 
 def morphology(res: dict, dev, cutouts: np.ndarray, quick: bool, out: Path) -> None:
