@@ -180,3 +180,33 @@ def bf16_gate(pred, rel_tol: float = REL_TOL, tv_p99: float = TV_P99, sample=Non
         except OSError:
             pass
     return res
+
+
+def choose_precision(pred, requested: str, bf16_verified: bool | None = None, gate_kw: dict | None = None):
+    """The loaded float32 ``pred`` (a PhotozPredictor or DCPPredictor) in the precision to run, with
+    ``precision_reason`` saying why. ``requested``: float32 | bfloat16 (as asked, no gate) | auto (bfloat16
+    where the hardware runs it natively and the gate passes). ``bf16_verified``: the verdict of a gate the
+    caller (a job's driver) already ran; None runs it here (cached per model), with ``gate_kw``."""
+    from .fast import resolve_precision
+    resolved = resolve_precision(requested, pred.device)
+    if requested != "auto":
+        return pred.with_precision(resolved)
+    if resolved == "float32":
+        pred.precision_reason = f"auto: no native bfloat16 on {pred.device.type}"
+        return pred
+    if bf16_verified is not None:
+        out = pred.with_precision("bfloat16") if bf16_verified else pred
+        out.precision_reason = ("auto: native bfloat16, accuracy gate passed (verdict from the driver)"
+                                if bf16_verified else "auto: accuracy gate failed on the driver; float32")
+        return out
+    gate = bf16_gate(pred, **(gate_kw or {}))
+    if not gate.passed:
+        log.warning("model %s: bfloat16 fails the accuracy gate (%s); falling back to float32",
+                    pred.sha256[:12], gate.reason)
+        pred.precision_reason, pred.gate = f"auto: accuracy gate failed ({gate.reason}); float32", gate
+        return pred
+    out = pred.with_precision("bfloat16")
+    out.precision_reason = (f"auto: native bfloat16, accuracy gate passed on {gate.n} objects "
+                            f"(TV p99 {gate.tv_p99:.4f})")
+    out.gate = gate
+    return out

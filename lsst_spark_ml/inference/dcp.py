@@ -6,7 +6,6 @@ use this one object.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,6 @@ from ..features.scaling import MinMaxScaler
 from ..models import DCPPair, MBRNNEnsemble, dcp_score
 from .photoz import pick_device, scaled_features
 from .summaries import POINT_COLUMNS, summarize
-
-_log = logging.getLogger(__name__)
 
 KIND = "dcp-ood"
 OOD_COLUMNS = ("ood_score", "ood_flag", "ood_tercile")
@@ -68,7 +65,6 @@ class DCPPredictor:
     def from_artefact(cls, art: Artefact, device: str = "cpu", precision: str = "float32",
                       bf16_verified: bool | None = None, gate_kw: dict | None = None) -> "DCPPredictor":
         """``precision``: auto | float32 | bfloat16, as ``PhotozPredictor.from_artefact``."""
-        from .fast import resolve_precision
         man = art.manifest
         if man.get("kind") != KIND:
             raise ValueError(f"{art.path} holds a {man.get('kind')!r} model, not a DCP OOD model")
@@ -80,28 +76,8 @@ class DCPPredictor:
                    MinMaxScaler.from_dict(man["scaler"]), list(man["bands"]), FeatureSettings(**man["features"]),
                    np.linspace(b["z_min"], b["z_max"], b["n_bins"] + 1), dict(man["thresholds"]), art.sha256, man,
                    dev)
-        resolved = resolve_precision(precision, dev)
-        if precision != "auto":
-            return pred.with_precision(resolved)
-        if resolved == "float32":
-            pred.precision_reason = f"auto: no native bfloat16 on {dev.type}"
-            return pred
-        if bf16_verified is not None:
-            out = pred.with_precision("bfloat16") if bf16_verified else pred
-            out.precision_reason = ("auto: native bfloat16, accuracy gate passed (verdict from the driver)"
-                                    if bf16_verified else "auto: accuracy gate failed on the driver; float32")
-            return out
-        from .accuracy import bf16_gate
-        gate = bf16_gate(pred, **(gate_kw or {}))
-        if not gate.passed:
-            _log.warning("DCP model %s: bfloat16 fails the accuracy gate (%s); float32", art.sha256[:12],
-                         gate.reason)
-            pred.precision_reason, pred.gate = f"auto: accuracy gate failed ({gate.reason}); float32", gate
-            return pred
-        out = pred.with_precision("bfloat16")
-        out.precision_reason = f"auto: native bfloat16, accuracy gate passed on {gate.n} objects"
-        out.gate = gate
-        return out
+        from .accuracy import choose_precision
+        return choose_precision(pred, precision, bf16_verified, gate_kw)
 
     @property
     def n_bins(self) -> int:

@@ -5,7 +5,6 @@ Spark-free, so the same object serves the UDFs, the benchmarks' plain-torch base
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from ..features.photometry import build_features
 from ..features.scaling import MinMaxScaler
 from ..models import MBRNN, MBRNNEnsemble
 from .summaries import POINT_COLUMNS, summarize, summarize_torch
-
-_log = logging.getLogger(__name__)
 
 
 def scaled_features(values, errors, kind: str, bands: list[str], fs: FeatureSettings, scaler: MinMaxScaler,
@@ -106,7 +103,6 @@ class PhotozPredictor:
         the accuracy gate passes (``inference.accuracy``), float32 otherwise. ``bf16_verified``: the gate's
         verdict when the caller (a job's driver) already ran it; None runs it here (cached per sha256) with
         ``gate_kw`` (tolerances, sample) passed to ``accuracy.bf16_gate``."""
-        from .fast import resolve_precision
         man = art.manifest
         if man.get("kind") != "mbrnn-ensemble":
             raise ValueError(f"{art.path} holds a {man.get('kind')!r} model, not an MBRNN photo-z ensemble")
@@ -115,34 +111,10 @@ class PhotozPredictor:
         ens.to(dev).eval()
         b = man["bins"]
         edges = np.linspace(b["z_min"], b["z_max"], b["n_bins"] + 1)
-        resolved = resolve_precision(precision, dev)
         pred = cls(ens, MinMaxScaler.from_dict(man["scaler"]), list(man["bands"]),
                    FeatureSettings(**man["features"]), edges, art.sha256, man, dev, "float32")
-        if precision != "auto":
-            return pred.with_precision(resolved)
-        if resolved == "float32":
-            pred.precision_reason = f"auto: no native bfloat16 on {dev.type}"
-            return pred
-        if bf16_verified is not None:
-            if bf16_verified:
-                out = pred.with_precision("bfloat16")
-                out.precision_reason = "auto: native bfloat16, accuracy gate passed (verdict from the driver)"
-                return out
-            pred.precision_reason = "auto: accuracy gate failed on the driver; float32"
-            return pred
-        from .accuracy import bf16_gate
-        gate = bf16_gate(pred, **(gate_kw or {}))
-        if not gate.passed:
-            _log.warning("model %s: bfloat16 fails the accuracy gate (%s); falling back to float32",
-                         art.sha256[:12], gate.reason)
-            pred.precision_reason = f"auto: accuracy gate failed ({gate.reason}); float32"
-            pred.gate = gate
-            return pred
-        out = pred.with_precision("bfloat16")
-        out.precision_reason = (f"auto: native bfloat16, accuracy gate passed on {gate.n} objects "
-                                f"(TV p99 {gate.tv_p99:.4f})")
-        out.gate = gate
-        return out
+        from .accuracy import choose_precision
+        return choose_precision(pred, precision, bf16_verified, gate_kw)
 
     @classmethod
     def load(cls, model_dir: str | Path, **kw) -> "PhotozPredictor":
