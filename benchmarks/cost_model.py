@@ -27,8 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# benchmarks/bayes_results.md, "Throughput" table (2 shared cores, 1 torch thread, default conf/bayes.yaml)
-BAYES_OBJECTS_PER_S_CORE = {"grid": 146.0, "mcmc": 141.0, "vi": 268.0}
+# benchmarks/bayes_results.md, "Throughput" table (2 shared cores, 1 torch thread, default conf/bayes.yaml:
+# n_interp 7, MCMC 16 x (150 + 250), VI iterative 6 x 100); amortised VI: 6,754
+BAYES_OBJECTS_PER_S_CORE = {"grid": 128.0, "mcmc": 233.0, "vi": 149.0}
 # make demo / README: 320 of 20,449 cosmoDC2 validation galaxies carry ood_flag with the shipped DCP model
 FLAGGED_GALAXY_FRACTION = 320 / 20449
 # benchmarks/gpu_results.md: one NVIDIA H200 + 16 host cores, 16 tasks sharing the GPU, whole per-row work,

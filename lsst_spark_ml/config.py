@@ -164,7 +164,9 @@ class BayesSettings:
     z_min: float = 0.0
     z_max: float = 3.1
     dz: float = 0.002                  # fine grid the model fluxes are tabulated on (linear in between)
-    n_interp: int = 3                  # grid method: template-mixture nodes between adjacent templates
+    # grid method: template-mixture nodes between adjacent templates; 3 left 6 % of the grid's own medians
+    # > 0.01(1+z) from a converged t integral (benchmarks/bayes_results.md)
+    n_interp: int = 7
     flux_err_floor: float = 0.03       # fractional error added in quadrature: template mismatch
     prior: str = "bpz-hdfn"            # bpz-hdfn | flat
     prior_band: str = "i"
@@ -175,10 +177,14 @@ class BayesSettings:
     mcmc_steps: int = 250
     mcmc_rhat_max: float = 1.1
     mcmc_min_ess: float = 100.0
-    vi_components: int = 3
-    vi_steps: int = 60
+    vi_components: int = 6
+    vi_steps: int = 100                # Adam steps, step size decaying linearly to 5 % (bayes/vi.py)
     vi_samples: int = 8
     vi_lr: float = 0.08
+    # iterative (per-object VI from the coarse scan) | amortised (one forward pass of an inference network
+    # trained once per configuration, bayes/amortised.py) | semi-amortised (the network, then per-object VI
+    # where its importance-sampling check fails)
+    vi_mode: str = "iterative"
     threads: int | None = None         # torch threads per task; None: the task's cores
 
 
@@ -492,6 +498,8 @@ class Config:
         b = self.bayes
         if b.method not in ("grid", "mcmc", "vi"):
             raise ConfigError(f"bayes.method must be grid|mcmc|vi, got {b.method!r}")
+        if b.vi_mode not in ("iterative", "amortised", "semi-amortised"):
+            raise ConfigError(f"bayes.vi_mode must be iterative|amortised|semi-amortised, got {b.vi_mode!r}")
         if b.prior not in ("bpz-hdfn", "flat"):
             raise ConfigError(f"bayes.prior must be bpz-hdfn|flat, got {b.prior!r}")
         if not (b.z_max > b.z_min >= 0) or not 0 < b.dz < (b.z_max - b.z_min) / 10:

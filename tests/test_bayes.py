@@ -18,7 +18,8 @@ EDGES = np.linspace(0.0, 3.1, 65)
 def model():
     from lsst_spark_ml.bayes.posterior import Model
     from lsst_spark_ml.bayes.templates import build_model_grid
-    s = BayesSettings(mcmc_burn=100, mcmc_steps=150)
+    # The shipped settings (conf/bayes.yaml), with a shorter MCMC.
+    s = load_config(["conf/bayes.yaml"], {"bayes": {"mcmc_burn": 100, "mcmc_steps": 150}}).bayes
     return Model(build_model_grid(s, BANDS), s)
 
 
@@ -123,11 +124,74 @@ def test_vi_agrees_with_grid_loosely(fits):
     assert np.isfinite(v["elbo"]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 target not met yet: the VI median is within 0.01(1+z) of "
-                                       "the grid for ~76-80% of objects, not 95% (scripts/evaluate_bayes.py)")
 def test_vi_meets_the_issue_target(fits):
+    # Issue 5: the VI median within 0.01(1+z) of the exact grid's for 95% of objects (300 objects:
+    # scripts/evaluate_bayes.py, benchmarks/bayes_results.md).
     g, v = fits["grid"].columns, fits["vi"].columns
     assert np.mean(_agree(v["z_median"], g["z_median"]) < 0.01) >= 0.95
+
+
+def test_mcmc_meets_the_issue_target(fits):
+    g, m = fits["grid"].columns, fits["mcmc"].columns
+    assert np.mean(_agree(m["z_median"], g["z_median"]) < 0.01) >= 0.95
+
+
+def test_reference_grid_is_converged_in_t(model, sample, fits):
+    """The grid's t quadrature (n_interp mixtures per template segment) must not move the medians: against a
+    grid 4x finer in t every median stays within 0.01(1+z); the old default (n_interp = 3) fails this."""
+    import dataclasses
+
+    from lsst_spark_ml.bayes.fit import fit
+    from lsst_spark_ml.bayes.posterior import Model
+    flux, err, _, _ = sample
+    fine = Model(model.grid, dataclasses.replace(model.settings, n_interp=4 * model.settings.n_interp + 3))
+    ref = fit(fine, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, "grid", EDGES).columns["z_median"]
+    assert np.max(_agree(fits["grid"].columns["z_median"], ref)) < 0.01
+
+
+def test_training_prior_sampler_matches_the_prior(model):
+    """synthetic._draw_prior_exact (continuous, used to train the amortised network) against the cell sampler of
+    draw_objects: the same p(z, t | m0)."""
+    from scipy import stats
+
+    from lsst_spark_ml.bayes.synthetic import _draw_prior_exact, _draw_truth
+    m0 = np.random.default_rng(3).uniform(20, 24.5, 1500)
+    a = _draw_truth(model, m0, np.random.default_rng(4), 4)
+    b = _draw_prior_exact(model, m0, np.random.default_rng(5))
+    assert stats.ks_2samp(a[0], b[0]).pvalue > 1e-3 and stats.ks_2samp(a[1], b[1]).pvalue > 1e-3
+    assert b[0].min() >= 0 and b[0].max() <= 3.1 and b[1].min() >= 0 and b[1].max() <= 5
+
+
+def test_amortised_vi_trains_caches_and_refines(model, sample, monkeypatch, tmp_path):
+    """Amortised VI with a tiny training run: the network is cached on disk and reloaded bit-identically, every
+    object gets a finite ELBO, semi-amortised VI refines the objects that fail the check (here all of them)
+    and improves their ELBO, and an object without data is still the flagged empty row."""
+    import dataclasses
+
+    from lsst_spark_ml.bayes import amortised as A
+    from lsst_spark_ml.bayes import vi as V
+    from lsst_spark_ml.bayes.fit import NO_DATA, fit
+    from lsst_spark_ml.bayes.posterior import Model
+    for name, val in (("NPE_OBJECTS", 3000), ("NPE_STEPS", 60), ("ELBO_STEPS", 10), ("ELBO_BATCH", 64)):
+        monkeypatch.setattr(A, name, val)
+    monkeypatch.setenv("LSST_SPARK_ML_CACHE", str(tmp_path))
+    s = dataclasses.replace(model.settings, vi_components=3, vi_steps=30)
+    flux, err, _, _ = sample
+    flux, err = flux[:20].copy(), err[:20].copy()
+    flux[0], err[0] = np.nan, np.nan
+    m1 = Model(model.grid, s)
+    a = fit(m1, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, "vi", EDGES, vi_mode="amortised", keep_raw=True)
+    assert len(list((tmp_path / "bayes_vi").glob("*.pt"))) == 1
+    b = fit(Model(model.grid, s), flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, "vi", EDGES, vi_mode="amortised")
+    np.testing.assert_array_equal(a.columns["z_median"], b.columns["z_median"])       # same seed, reloaded net
+    c = a.columns
+    assert c["flags"][0] & NO_DATA and np.isnan(c["z_median"][0]) and np.isnan(c["pdf"][0]).all()
+    assert np.isfinite(c["elbo"][1:]).all() and np.allclose(c["pdf"][1:].sum(1), 1.0, atol=1e-3)
+    assert a.extra["n_evals"] == 3 * V.REPORT_SAMPLES
+    monkeypatch.setattr(V, "REFINE_KL", -1.0)
+    r = fit(m1, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, "vi", EDGES, vi_mode="semi-amortised", keep_raw=True)
+    assert r.extra["n_refined"] == 19
+    assert np.mean(r.columns["elbo"][1:] >= c["elbo"][1:] - 0.05) >= 0.9
 
 
 def _catalog(n=24):

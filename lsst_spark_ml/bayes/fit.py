@@ -41,8 +41,11 @@ def empty_columns(n: int, n_bins: int) -> dict[str, np.ndarray]:
 
 
 def fit(model: Model, values, errors, kind: str, bands: list[str], limits: dict[str, float], method: str,
-        edges: np.ndarray, keep_raw: bool = False, seed: int | None = None) -> FitResult:
+        edges: np.ndarray, keep_raw: bool = False, seed: int | None = None, vi_mode: str | None = None) -> FitResult:
+    """``vi_mode``: iterative | amortised | semi-amortised (vi.py); None: ``bayes.vi_mode`` where the settings
+    have it, else iterative."""
     s: BayesSettings = model.settings
+    vi_mode = vi_mode or getattr(s, "vi_mode", None) or "iterative"
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if list(bands) != model.grid.bands:
@@ -66,11 +69,12 @@ def fit(model: Model, values, errors, kind: str, bands: list[str], limits: dict[
                 if keep_raw:
                     raw["cdf"].append(res["cdf"])
             elif method == "vi":
-                r = run_vi(post, s.vi_components, s.vi_steps, s.vi_samples, s.vi_lr, gen)
+                r = run_vi(post, s.vi_components, s.vi_steps, s.vi_samples, s.vi_lr, gen, vi_mode)
                 res = S.from_density(zg, r.density, edges)
                 out["elbo"][rows] = r.elbo
                 out["flags"][rows[~np.isfinite(r.elbo)]] |= NOT_CONVERGED
-                raw["n_evals"] = r.n_evals
+                raw["n_evals"] = (raw.get("n_evals", 0.0) * start + r.n_evals * len(rows)) / (start + len(rows))
+                raw["n_refined"] = raw.get("n_refined", 0) + r.n_refined
                 if keep_raw:
                     raw["cdf"].append(res["cdf"])
             else:

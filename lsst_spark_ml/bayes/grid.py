@@ -2,6 +2,11 @@
 
 Nodes are every fine-grid redshift times ``n_interp`` mixtures between adjacent templates; at the nodes the
 bilinear model is exact, so this is the same density the samplers target, integrated by quadrature.
+The t integral needs nodes finer than the posterior's width in t, which for bright objects is a fraction of a
+segment: with 3 mixtures per segment (dt = 0.25) 6% of the z medians of objects drawn from the model moved by
+more than 0.01(1+z) against a converged (dt = 1/64) integral; with 7 (dt = 0.125, the default) none did, the
+largest shift being 0.007(1+z). Gauss-Legendre within segments is worse than the trapezoid here (the peaks
+are narrower than the segments, not smooth across them).
 """
 from __future__ import annotations
 
@@ -39,12 +44,17 @@ def log_posterior_grid(post: BatchPosterior, n_interp: int) -> tuple[torch.Tenso
     return log_posterior_nodes(post, 1, tn), tn
 
 
-def grid_posterior(post: BatchPosterior, n_interp: int) -> np.ndarray:
-    """Marginal p(z) on the fine grid (N, nz), normalised to unit integral (trapezoid in z and in t)."""
+def grid_log_marginal(post: BatchPosterior, n_interp: int) -> torch.Tensor:
+    """log p(z) (N, nz) on the fine grid, unnormalised: trapezoid in t."""
     lp, tn = log_posterior_grid(post, n_interp)
     wt = torch.full((len(tn),), float(tn[1] - tn[0]), dtype=torch.float64)
     wt[0] = wt[-1] = 0.5 * wt[0]
-    logpz = torch.logsumexp(lp + torch.log(wt), dim=2)
+    return torch.logsumexp(lp + torch.log(wt), dim=2)
+
+
+def grid_posterior(post: BatchPosterior, n_interp: int) -> np.ndarray:
+    """Marginal p(z) on the fine grid (N, nz), normalised to unit integral (trapezoid in z and in t)."""
+    logpz = grid_log_marginal(post, n_interp)
     logpz = logpz - logpz.max(dim=1, keepdim=True).values
     pz = torch.exp(logpz).numpy()
     norm = np.trapezoid(pz, post.model.grid.z, axis=1)

@@ -49,8 +49,15 @@ class BatchPosterior:
         self.model = model
         self.flux = torch.as_tensor(data.flux, dtype=torch.float64)
         self.weight = torch.as_tensor(data.weight, dtype=torch.float64)
-        self.prior_terms = model.prior.object_terms(np.asarray(data.m0))
+        self.m0 = np.asarray(data.m0, dtype=np.float64)
+        self.prior_terms = model.prior.object_terms(self.m0)
         self.n = len(data.flux)
+
+    def subset(self, rows) -> "BatchPosterior":
+        """The posterior of some of the objects (rows: index array)."""
+        rows = np.asarray(rows)
+        return BatchPosterior(self.model, FluxData(self.flux[rows].numpy(), self.weight[rows].numpy(),
+                                                   self.m0[rows], (self.weight[rows] > 0).sum(1).numpy()))
 
     def inside(self, z, t):
         m = self.model

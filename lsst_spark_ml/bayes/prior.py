@@ -64,10 +64,20 @@ class BPZPrior:
         ends[0] = ends[-1] = 0.5
         pt = pt / (pt * ends).sum(dim=1, keepdim=True)
         zm = self.z0 + self.km * m[:, None]                                              # (N, 3)
-        zn = self._zn
-        logd = self.alpha * torch.log(zn[:, None, None]) - (zn[:, None, None] / zm) ** self.alpha  # (Z, N, 3)
-        lognorm = torch.logsumexp(logd, dim=0) + math.log(float(zn[1] - zn[0]))         # (N, 3)
-        return {"log_pt": torch.log(pt), "zm": zm, "lognorm": lognorm}
+        return {"log_pt": torch.log(pt), "zm": zm, "lognorm": self._log_norm(zm)}
+
+    def _log_norm(self, zm: torch.Tensor) -> torch.Tensor:
+        """log int z^a exp(-(z/zm)^a) dz over [max(z_min, Z_FLOOR), z_max], in closed form: with x = (z/zm)^a
+        the integral is zm^(a+1)/a Gamma(s) P(s, x), s = (a+1)/a (P: regularised lower incomplete gamma).
+        (It was a 2,001-point sum per object, the largest cost of setting up a batch; the two agree to 2e-4.)"""
+        a = self.alpha
+        s = (a + 1) / a
+        x_lo, x_hi = ((torch.tensor(v, dtype=torch.float64) / zm) ** a for v in (max(self.z_min, Z_FLOOR), self.z_max))
+        p_lo = torch.special.gammainc(s, x_lo)
+        # Far in the tail (z_min well above zm) the difference of the upper functions keeps its precision.
+        mass = torch.where(p_lo > 0.5, torch.special.gammaincc(s, x_lo) - torch.special.gammaincc(s, x_hi),
+                           torch.special.gammainc(s, x_hi) - p_lo)
+        return torch.log(mass.clamp(min=1e-300)) + torch.lgamma(s) + (a + 1) * torch.log(zm) - torch.log(a)
 
     def log_prob(self, terms: dict, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p(z, t | m0) at points z, t of shape (N, ...)."""
