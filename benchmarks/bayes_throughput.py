@@ -9,7 +9,8 @@ Rows: the grid; MCMC at the configured length and shorter ones (``--short-mcmc B
 default 40 + 40, the cheapest chain found to keep the 95% agreement, and 0 + 10, the shortest allowed); VI as
 configured (per-object optimisation), amortised (the inference network alone) and semi-amortised (the network,
 then per-object steps where its fit fails the importance-sampling check). The network's one-off training is
-timed separately (``--fresh-network``: train it now, in a temporary cache, instead of reading the cached one). Without --conf the settings are conf/bayes.yaml's.
+timed separately (``--fresh-network``: train it now, in a temporary cache, instead of reading the cached one).
+Without --conf the settings are conf/bayes.yaml's.
 """
 from __future__ import annotations
 
