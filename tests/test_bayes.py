@@ -224,6 +224,35 @@ def test_spark_stage_keeps_every_row_once(spark, model):
     assert (good["z_adopted"] == good["bayes_z_median"]).all()
 
 
+def test_spark_amortised_vi_trains_once_on_the_driver(spark, model, monkeypatch, tmp_path):
+    """bayes.vi_mode amortised: the driver trains the network (here a tiny recipe) and ships its weights; the
+    workers' answers equal a local fit with that network. Workers training their own would use the full recipe
+    (their processes do not see this monkeypatch): minutes, and different answers."""
+    from lsst_spark_ml.bayes import amortised as A
+    from lsst_spark_ml.bayes.fit import fit
+    from lsst_spark_ml.bayes.posterior import Model
+    from lsst_spark_ml.io.columns import resolve_columns, spark_schema_dict
+    from lsst_spark_ml.pipelines.bayes import transform
+    for name, val in (("NPE_OBJECTS", 3000), ("NPE_STEPS", 60), ("ELBO_STEPS", 10), ("ELBO_BATCH", 64)):
+        monkeypatch.setattr(A, name, val)
+    monkeypatch.setenv("LSST_SPARK_ML_CACHE", str(tmp_path))
+    cfg = load_config(overrides={"bayes": {"method": "vi", "vi_mode": "amortised", "vi_components": 3}})
+    cat = _catalog()
+    df = spark.createDataFrame(cat)
+    cols = resolve_columns(spark_schema_dict(df), cfg.catalog)
+    out, _ = transform(spark, df, cols, cfg, EDGES, grid=model.grid)
+    rows = out.toPandas().set_index("id").loc[cat["id"]]
+    assert len(rows) == len(cat) and len(list((tmp_path / "bayes_vi").glob("*.pt"))) == 1
+    flagged = cat["ood_flag"].to_numpy()
+    v = cat[[f"mag_{b}_lsst" for b in BANDS]].to_numpy()[flagged]
+    e = cat[[f"mag_err_{b}_lsst" for b in BANDS]].to_numpy()[flagged]
+    limits = {b: cfg.features.nondetect_limits[b] for b in BANDS}
+    local = fit(Model(model.grid, cfg.bayes), v, e, "mag", BANDS, limits, "vi", EDGES).columns["z_median"]
+    got = rows["bayes_z_median"].to_numpy()[flagged]
+    assert np.isnan(got[0]) and np.isnan(local[0])                  # the all-missing row
+    np.testing.assert_allclose(got[1:], local[1:], rtol=0, atol=1e-6)
+
+
 def test_cli_bayes_run_keeps_network_answers(spark, tmp_path, model):
     from lsst_spark_ml.cli import default_model_dir, main
     from lsst_spark_ml.inference.photoz import PhotozPredictor

@@ -195,6 +195,25 @@ def get_network(model: Model, k: int, log=None) -> InferenceNet:
     return net
 
 
+def network_state(net: InferenceNet) -> dict:
+    """What a Spark job ships to its workers: the trained weights, so that no worker trains its own."""
+    return {"n_in": net.body[0].in_features, "weights": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+
+
+def install_network(model: Model, k: int, state: dict) -> InferenceNet:
+    """Put a network trained elsewhere (``network_state``, e.g. on a job's driver) into ``model``'s memory
+    cache, where ``get_network`` finds it."""
+    nets = model.__dict__.setdefault("_vi_nets", {})
+    if k not in nets:
+        net = InferenceNet(state["n_in"], k)
+        net.load_state_dict(state["weights"])
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        nets[k] = net
+    return nets[k]
+
+
 def log_effective_fraction(log_w: torch.Tensor) -> torch.Tensor:
     """Importance weights (N, S) -> log of the effective sample fraction (sum w)^2 / (S sum w^2)."""
     lw = torch.nan_to_num(log_w, nan=-math.inf)

@@ -65,8 +65,10 @@ def check_bins(bins: dict, cfg: Config) -> np.ndarray:
     return edges
 
 
-def bayes_mapper(grid_bc, settings, cols, limits: dict, method: str, edges: np.ndarray, network_cols: bool):
-    """The function ``mapInPandas`` runs: fits each batch, appends the output columns."""
+def bayes_mapper(grid_bc, settings, cols, limits: dict, method: str, edges: np.ndarray, network_cols: bool,
+                 vi_net: dict | None = None):
+    """The function ``mapInPandas`` runs: fits each batch, appends the output columns. ``vi_net``: the amortised
+    VI network trained on the driver (``bayes.amortised.network_state``), installed in each worker's model."""
     import hashlib
     # One Model per Python worker and job configuration (workers are reused across tasks and stages).
     key = hashlib.sha256(repr((settings, cols.bands)).encode()).hexdigest()[:16]
@@ -81,6 +83,9 @@ def bayes_mapper(grid_bc, settings, cols, limits: dict, method: str, edges: np.n
         torch.set_num_threads(settings.threads or task_cores())
         grid = grid_bc.value
         model = cache.get_or_load((f"bayes-{key}",), lambda: Model(grid, settings))
+        if vi_net is not None:
+            from ..bayes.amortised import install_network
+            install_network(model, settings.vi_components, vi_net)
         for pdf in frames:
             values = np.column_stack([pd.to_numeric(pdf[c], errors="coerce").to_numpy(np.float64)
                                       for c in cols.values])
@@ -170,7 +175,14 @@ def transform(spark, df, cols, cfg: Config, edges: np.ndarray, method: str | Non
     chosen = tagged.filter(F.col(SEL)).drop(SEL)
     rest = tagged.filter(~F.col(SEL)).drop(SEL)
     schema = StructType(list(df.schema.fields) + output_fields())
-    mapper = bayes_mapper(spark.sparkContext.broadcast(grid), cfg.bayes, cols, limits, method, edges, network_cols)
+    vi_net = None
+    if method == "vi" and cfg.bayes.vi_mode != "iterative":
+        # Train (or load from the cache) once, here: otherwise every worker would train its own copy.
+        from ..bayes.amortised import get_network, network_state
+        from ..bayes.posterior import Model
+        vi_net = network_state(get_network(Model(grid, cfg.bayes), cfg.bayes.vi_components, log=_log))
+    mapper = bayes_mapper(spark.sparkContext.broadcast(grid), cfg.bayes, cols, limits, method, edges, network_cols,
+                          vi_net)
     # The selected rows are few and each costs ~10^4 x a network row: spread them over every core.
     fitted = chosen.repartition(spark.sparkContext.defaultParallelism).mapInPandas(mapper, schema)
     return fitted.unionByName(_passthrough(rest, network_cols)), described
