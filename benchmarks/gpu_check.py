@@ -194,7 +194,7 @@ def dcp(res: dict, dev, calib, rows: int) -> None:
     print("dcp", json.dumps(res["dcp"], default=float), file=sys.stderr, flush=True)
 
 
-def morphology(res: dict, dev, cutouts: np.ndarray, quick: bool, out: Path) -> None:
+def morphology(res: dict, dev, cutouts: np.ndarray, quick: bool) -> None:
     import torch
 
     from lsst_spark_ml.artefacts import read_payload, save_artefact
@@ -320,7 +320,7 @@ def _share_worker(kind, dirs, device, n, barrier, queue):
     queue.put((t0, time.time()))
 
 
-def sharing(res: dict, dev, args, out: Path) -> None:
+def sharing(res: dict, dev, args) -> None:
     """k processes share one GPU, as k Spark tasks with gpu amount 1/k: aggregate rows/s and images/s."""
     import multiprocessing as mp
 
@@ -375,8 +375,8 @@ def run(args) -> int:
     sections = {"peaks": lambda: res.update(matmul_peak=matmul_peaks(dev, 2048 if args.quick else 8192)),
                 "photoz": lambda: photoz(res, dev, calib, args.rows, args.quick),
                 "dcp": lambda: dcp(res, dev, calib, args.rows),
-                "morphology": lambda: morphology(res, dev, cutouts, args.quick, out),
-                "sharing": lambda: sharing(res, dev, args, out)}
+                "morphology": lambda: morphology(res, dev, cutouts, args.quick),
+                "sharing": lambda: sharing(res, dev, args)}
     for name, f in ((k, sections[k]) for k in args.sections.split(",")):
         t = time.perf_counter()
         try:
