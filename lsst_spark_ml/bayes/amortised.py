@@ -106,6 +106,20 @@ def _subset(data: FluxData, idx) -> FluxData:
     return FluxData(data.flux[idx], data.weight[idx], data.m0[idx], data.n_used[idx])
 
 
+def _run_stage(net: InferenceNet, lr: float, steps: int, loss_fn) -> float:
+    """``steps`` Adam steps on ``loss_fn()`` with a cosine-annealed step size; -> the last loss."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.detach())
+
+
 def train(model: Model, k: int, seed: int = TRAIN_SEED, log=None) -> InferenceNet:
     """Both training stages (module docstring) -> the trained network, in eval mode."""
     from .vi import _Mixture
@@ -116,32 +130,23 @@ def train(model: Model, k: int, seed: int = TRAIN_SEED, log=None) -> InferenceNe
     x = features(data.flux, data.weight, data.m0)
     target = _to_unconstrained(model, z, t)
     net = InferenceNet(x.shape[1], k)
-    opt = torch.optim.Adam(net.parameters(), lr=NPE_LR)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, NPE_STEPS)
     n = len(x)
-    for step in range(NPE_STEPS):
+
+    def forward_kl():
         idx = torch.randint(0, n, (NPE_BATCH,), generator=gen)
         q = _Mixture.from_params(None, *net(x[idx]))
-        loss = -q.log_q(target[idx][:, None, :]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        return -q.log_q(target[idx][:, None, :]).mean()
+    loss = _run_stage(net, NPE_LR, NPE_STEPS, forward_kl)
     if log:
-        log(f"amortised VI: forward-KL stage {time.perf_counter() - t0:.1f} s, last loss {float(loss.detach()):.3f}")
-    opt = torch.optim.Adam(net.parameters(), lr=ELBO_LR)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, ELBO_STEPS)
-    for step in range(ELBO_STEPS):
+        log(f"amortised VI: forward-KL stage {time.perf_counter() - t0:.1f} s, last loss {loss:.3f}")
+
+    def reverse_kl():
         idx = torch.randint(0, n, (ELBO_BATCH,), generator=gen).numpy()
-        post = BatchPosterior(model, _subset(data, idx))
-        q = _Mixture.from_params(post, *net(x[idx]))
-        loss = -q.elbo(ELBO_SAMPLES, gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        q = _Mixture.from_params(BatchPosterior(model, _subset(data, idx)), *net(x[idx]))
+        return -q.elbo(ELBO_SAMPLES, gen).mean()
+    loss = _run_stage(net, ELBO_LR, ELBO_STEPS, reverse_kl)
     if log:
-        log(f"amortised VI: trained in {time.perf_counter() - t0:.1f} s, last -ELBO {float(loss.detach()):.3f}")
+        log(f"amortised VI: trained in {time.perf_counter() - t0:.1f} s, last -ELBO {loss:.3f}")
     return net.eval()
 
 
@@ -163,46 +168,37 @@ def cache_dir() -> Path:
 
 def get_network(model: Model, k: int, log=None) -> InferenceNet:
     """The trained network for this model and K: from memory, else the disk cache, else trained (and cached)."""
-    nets = model.__dict__.setdefault("_vi_nets", {})
+    nets = model.__dict__.get("_vi_nets", {})
     if k in nets:
         return nets[k]
-    key = _key(model, k)
-    path = cache_dir() / f"{key}.pt"
-    net = None
+    path = cache_dir() / f"{_key(model, k)}.pt"
     if path.is_file():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net = InferenceNet(state["n_in"], k)
-            net.load_state_dict(state["weights"])
-            net.eval()
+            return install_network(model, k, torch.load(path, map_location="cpu", weights_only=True))
         except Exception:  # noqa: BLE001 - a corrupt or stale cache entry is retrained, never trusted
-            net = None
-    if net is None:
-        n_threads = torch.get_num_threads()
-        with torch.enable_grad():
-            net = train(model, k, log=log)
-        torch.set_num_threads(n_threads)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({"n_in": net.body[0].in_features, "weights": net.state_dict()}, tmp)
-            os.replace(tmp, path)           # atomic: concurrent workers never read a half-written file
-        except OSError:
             pass
-    for p in net.parameters():
-        p.requires_grad_(False)
-    nets[k] = net
-    return net
+    n_threads = torch.get_num_threads()
+    with torch.enable_grad():
+        state = network_state(train(model, k, log=log))
+    torch.set_num_threads(n_threads)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)           # atomic: concurrent workers never read a half-written file
+    except OSError:
+        pass
+    return install_network(model, k, state)
 
 
 def network_state(net: InferenceNet) -> dict:
-    """What a Spark job ships to its workers: the trained weights, so that no worker trains its own."""
+    """The trained weights as the disk cache holds them and a Spark job ships them to its workers."""
     return {"n_in": net.body[0].in_features, "weights": {k: v.detach().clone() for k, v in net.state_dict().items()}}
 
 
 def install_network(model: Model, k: int, state: dict) -> InferenceNet:
-    """Put a network trained elsewhere (``network_state``, e.g. on a job's driver) into ``model``'s memory
-    cache, where ``get_network`` finds it."""
+    """Put a network (``network_state``: from the disk cache, or trained on a job's driver) into ``model``'s
+    memory cache, where ``get_network`` finds it."""
     nets = model.__dict__.setdefault("_vi_nets", {})
     if k not in nets:
         net = InferenceNet(state["n_in"], k)

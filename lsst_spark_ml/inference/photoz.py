@@ -136,13 +136,8 @@ class PhotozPredictor:
             for s in range(0, len(X), batch_size):
                 xb = torch.from_numpy(X[s:s + batch_size])      # zero-copy view of the numpy array
                 if cuda:
-                    # One pinned staging buffer per predictor: page-locked host memory lets the copy to
-                    # the device run by DMA, asynchronously; allocating it per batch would cost more.
-                    stage = self._pinned(batch_size, X.shape[1])[:len(xb)]
-                    stage.copy_(xb)
-                    xb = stage.to(self.device, non_blocking=True)
                     # .cpu() waits for this batch, so the staging buffer is free again for the next one
-                    out[s:s + batch_size] = self.runner(xb).cpu().numpy()
+                    out[s:s + batch_size] = self.runner(self._to_device(xb, batch_size)).cpu().numpy()
                 else:
                     out[s:s + batch_size] = self.runner(xb).numpy()
         return out
@@ -156,13 +151,19 @@ class PhotozPredictor:
         with torch.inference_mode():
             for s in range(0, len(X), batch_size):
                 xb = torch.from_numpy(X[s:s + batch_size])
-                stage = self._pinned(batch_size, X.shape[1])[:len(xb)]
-                stage.copy_(xb)
-                p = self.runner(stage.to(self.device, non_blocking=True))
+                p = self.runner(self._to_device(xb, batch_size))
                 for k, v in summarize_torch(p, self.edges).items():
                     points[k][s:s + len(xb)] = v
                 pdf[s:s + len(xb)] = p.cpu().numpy()
         return pdf, points
+
+    def _to_device(self, xb: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """One pinned staging buffer per predictor: page-locked host memory lets the copy to the device run
+        by DMA, asynchronously; allocating it per batch would cost more. The caller must wait for the batch
+        (a .cpu()) before staging the next one."""
+        stage = self._pinned(batch_size, xb.shape[1])[:len(xb)]
+        stage.copy_(xb)
+        return stage.to(self.device, non_blocking=True)
 
     def _pinned(self, rows: int, cols: int) -> torch.Tensor:
         buf = getattr(self, "_pinned_buf", None)
