@@ -104,6 +104,8 @@ class TrainSettings:
     threads: int | None = None
     # Keep the weights every k epochs (0: none) in <model>/tracin/ for training-sample influence (TracIn).
     snapshot_every: int = 0
+    # Validate, keep and return an exponential moving average of the weights (training.loop); None: the raw ones
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -280,6 +282,8 @@ class MorphologySettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4         # Adam's L2 term (the project's optimiser, training.distributed.prepare)
     early_stop_patience: int | None = 12   # epochs without a better labelled-validation loss
+    # EMA of the weights for validation and the saved model (train.ema_decay); None: the raw weights
+    ema_decay: float | None = None
     val_fraction: float = 0.15         # labelled rows held out for early stopping
     seed: int = 8
     # Inference
@@ -406,6 +410,9 @@ class Config:
             raise ConfigError(f"model.hidden must list positive layer widths, got {m.hidden}")
         if not 0 < self.train.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.train.val_fraction}")
+        for key, d in (("train.ema_decay", self.train.ema_decay), ("morphology.ema_decay", self.morphology.ema_decay)):
+            if d is not None and not 0 < d < 1:
+                raise ConfigError(f"{key} must be in (0, 1) or null, got {d}")
         self._validate_ood()
         self._validate_influence()
         self._validate_bayes()

@@ -8,6 +8,12 @@ the statistics are taken over the global batch (``sync_batchnorm``), so N proces
 one process on the same batches, up to floating-point reduction order. Every rank validates the same
 weights with the same buffers on the same data, so best-epoch, learning-rate and early-stopping decisions
 agree without extra messages. Rank 0 alone logs and writes checkpoints.
+
+With ``train.ema_decay`` the weights validated, kept as best and returned are an exponential moving average of
+the trained ones (``torch.optim.swa_utils``; Polyak averaging, as FixMatch and Mean Teacher evaluate): on small,
+noisy validation sets the raw weights of one epoch are a lottery ticket. Parameters are averaged after every
+step; buffers (BatchNorm statistics) are the live model's. Under DDP every rank holds the same parameters, so
+every rank holds the same average.
 """
 from __future__ import annotations
 
@@ -53,6 +59,23 @@ def parameter_digest(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _averaged(model: torch.nn.Module, decay: float | None):
+    """The EMA of ``model``'s parameters, or None; buffers are copied from the live model before each use."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def _weights_to_judge(model: torch.nn.Module, ema) -> torch.nn.Module:
+    if ema is None:
+        return model
+    with torch.no_grad():
+        for b_avg, b in zip(ema.module.buffers(), model.buffers()):
+            b_avg.copy_(b)
+    return ema.module
 
 
 def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
@@ -109,6 +132,9 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             log(f"[{label}] resuming from the checkpoint of epoch {state['epoch']} in {checkpoint_dir}")
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
+    ema = _averaged(model, getattr(ts, "ema_decay", None))
+    if ema is not None and state is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
 
     def clip():
         torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
@@ -142,6 +168,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             else:
                 clip()
                 opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             tot += loss.detach().item() * len(x)
             n += len(x)
             bar.update(len(x))
@@ -152,13 +180,14 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             ctx.broadcast_buffers(model)
         if n == 0:
             raise RuntimeError(f"[{label}] epoch {epoch} had no training batches: empty or too small data")
-        val = evaluate_loss(model, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
+        judged = _weights_to_judge(model, ema)
+        val = evaluate_loss(judged, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
         if epoch >= ts.plateau_start_epoch:   # the paper starts the plateau schedule at epoch 10
             sched.step(val)
         improved = val < best
         if improved:
             best, best_epoch, stale = val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(judged.state_dict())
         else:
             stale += 1
         seconds = time.time() - t_ep
@@ -177,7 +206,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
                 "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "history": history,
-                "stopped_early": stopped_early, "snapshots": snapshots})
+                "stopped_early": stopped_early, "snapshots": snapshots,
+                "ema": ema.state_dict() if ema is not None else None})
         if stopped_early:
             if is_main:
                 log(f"[{label}] no improvement for {stale} epochs: stopping, best epoch {best_epoch}")

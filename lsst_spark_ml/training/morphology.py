@@ -294,7 +294,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
     fit_ts = dataclasses.replace(ts, lr=ms.lr, betas=[0.9, 0.999], weight_decay=ms.weight_decay,
                                  max_epochs=epochs, early_stop_patience=ms.early_stop_patience,
                                  plateau_start_epoch=max(2, epochs // 3), plateau_patience=3,
-                                 sync_batchnorm=False, snapshot_every=0)
+                                 sync_batchnorm=False, snapshot_every=0, ema_decay=ms.ema_decay)
     res = fit(model, loss_fn, batches, val_batches, fit_ts, label=label, checkpoint_dir=checkpoint_dir,
               fingerprint=fingerprint, sharded=True, log=log)
     meta = {"n_labelled_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
