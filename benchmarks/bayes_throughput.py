@@ -84,6 +84,8 @@ def main(argv=None) -> int:
             d = np.abs(r.columns["z_median"] - zg) / (1 + zg)
             report[m]["frac_median_within_0.01(1+z)_of_grid"] = round(float(np.mean(d < 0.01)), 3)
             report[m]["log_posterior_evaluations_per_object"] = round(float(r.extra.get("n_evals", 0)), 1)
+            # MCMC: R-hat > mcmc_rhat_max or ESS < mcmc_min_ess; VI: non-finite ELBO
+            report[m]["frac_flagged_not_converged"] = round(float(np.mean(r.columns["flags"] & 2 > 0)), 3)
         if "n_refined" in r.extra:
             report[m]["frac_refined"] = round(r.extra["n_refined"] / a.objects, 3)
     report["speedup_over"] = {v: {m: round(res[m].seconds / res[v].seconds, 2) for m in res if m.startswith("mcmc")}

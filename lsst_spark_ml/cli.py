@@ -150,7 +150,7 @@ def cmd_ood_fit(args) -> int:
     from .pipelines import ood
     cfg = _config(args)
     spark = _spark(cfg)
-    res = ood.fit(spark, cfg, args.labelled, args.unlabelled, args.out)
+    res = ood.fit(spark, cfg, args.labelled, args.unlabelled, args.out, labelled_where=args.labelled_where)
     print(json.dumps({"model_dir": res["model_dir"], "model_sha256": res["model_sha256"],
                       "thresholds": res["thresholds"], "metrics": res["metrics"]}, indent=2, default=float))
     return 0
@@ -428,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "unlabelled region; writes a model directory (safetensors + manifest). "
                                    "Defaults: the cosmoDC2 training file and the embedded region.")
     f.add_argument("--labelled", help="catalog with spectroscopic redshifts (default: cosmoDC2 training file)")
+    f.add_argument("--labelled-where", help="Spark SQL predicate keeping some labelled rows, e.g. "
+                   "'mag_i_lsst < 23' (a spectroscopic-like training set)")
     f.add_argument("--unlabelled", help="catalog of the region to score (default: the embedded region)")
     f.add_argument("--out", required=True, help="model directory to write")
     _common(f)

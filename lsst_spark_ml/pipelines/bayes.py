@@ -143,13 +143,8 @@ def select_expression(df, cfg: Config, where: str | None):
     from pyspark.sql import functions as F
     where = where or cfg.bayes.where
     if where:
-        try:
-            expr = F.expr(where)
-            df.select(expr).schema        # analyses the expression now: a typo fails before any job
-        except Exception as exc:  # noqa: BLE001 - Spark raises several kinds for a bad expression
-            raise CatalogError(f"bayes.where {where!r} is not a valid Spark SQL predicate on this catalog: "
-                               f"{str(exc).splitlines()[0]}") from None
-        return F.coalesce(expr.cast("boolean"), F.lit(False)), where
+        from ..io.predicates import sql_predicate
+        return sql_predicate(df, where, "bayes.where"), where
     flag = cfg.bayes.flag_col
     if flag not in df.columns:
         raise CatalogError(f"the catalog has no {flag!r} column to choose rows by; run the OOD stage first, "

@@ -18,14 +18,20 @@ def _log(msg: str) -> None:
     print(f"[lsst_spark_ml] {msg}", file=sys.stderr, flush=True)
 
 
-def fit(spark, cfg: Config, labelled_path: str | None, unlabelled_path: str | None, out_dir: str) -> dict:
+def fit(spark, cfg: Config, labelled_path: str | None, unlabelled_path: str | None, out_dir: str,
+        labelled_where: str | None = None) -> dict:
     """Defaults: the cosmoDC2 training file as labelled data, the embedded region (``ood.datasets``) as
-    unlabelled data."""
+    unlabelled data. ``labelled_where``: a Spark SQL predicate keeping some labelled rows (a spectroscopic
+    quality cut, or a magnitude limit that makes a survey-like training set, as in benchmarks/bayes_results.md)."""
     from ..io.datasets import dc2_paths
     from ..ood.fit import fit_dcp
     if cfg.catalog.truth_col is None:
         cfg.catalog.truth_col = "redshift"
     labelled, _ = read_catalog(spark, labelled_path or str(dc2_paths()["train"]), cfg.catalog, need_truth=True)
+    if labelled_where:
+        from ..io.predicates import sql_predicate
+        labelled = labelled.where(sql_predicate(labelled, labelled_where, "--labelled-where"))
+        _log(f"labelled rows where {labelled_where}")
     if unlabelled_path:
         unlabelled, _ = read_catalog(spark, unlabelled_path, cfg.catalog)
     else:
