@@ -271,6 +271,9 @@ class MorphologySettings:
     # unlabelled predictions aligned to the labelled class distribution (training.morphology.fixmatch_loss).
     # Off: measured to collapse onto few classes here (README, morphology).
     relative_threshold: bool = False
+    # ReMixMatch's distribution alignment alone (running mean of the unlabelled predictions, aligned to the labelled
+    # class frequencies; training.morphology.DistributionAlignment)
+    distribution_alignment: bool = False
     labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)

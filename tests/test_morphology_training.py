@@ -156,3 +156,25 @@ def test_relative_threshold_scales_with_labelled_confidence_and_aligns_classes()
     fixmatch_loss(logits, codes, None, tau=0.9, lam=1.0, stats=kept_rel, relative=True)
     assert kept_abs["kept"] == 0                 # 0.82 < 0.9
     assert kept_rel["kept"] == 2                 # 0.82 >= 0.9 x 0.79 (same class mix: alignment changes little)
+
+
+def test_distribution_alignment_pulls_shifted_pseudo_labels_back_to_the_class_mix():
+    from lsst_spark_ml.training.morphology import DistributionAlignment
+    # The labelled class mix is uniform; the model's unlabelled predictions have drifted towards class 0 (as
+    # survey galaxies drift one class earlier) over the previous steps.
+    skewed = torch.tensor([[0.8, 0.15, 0.05]] * 8)
+    weak = torch.log(torch.tensor([[0.55, 0.40, 0.05]] * 3 + [[0.1, 0.1, 0.8]]))
+    codes = torch.tensor([WEAK] * 4 + [STRONG] * 4)
+    logits = torch.cat([weak, weak])                   # the strong views predict as the weak ones
+
+    def drifted():
+        align = DistributionAlignment(np.array([0, 1, 2] * 10), 3, momentum=0.5)
+        for _ in range(10):
+            align(skewed)
+        return align
+    p = drifted()(torch.softmax(weak, 1))
+    assert p.argmax(1).tolist() == [1, 1, 1, 2]       # class 0 over-predicted: its share is divided down
+    torch.testing.assert_close(p.sum(1), torch.ones(4))
+    a = fixmatch_loss(logits, codes, None, tau=0.01, lam=1.0, relative=False)
+    b = fixmatch_loss(logits, codes, None, tau=0.01, lam=1.0, relative=False, align=drifted())
+    assert not torch.isclose(a, b)                     # through the loss: other pseudo-labels, another loss
