@@ -124,6 +124,36 @@ def test_vi_agrees_with_grid_loosely(fits):
     assert np.isfinite(v["elbo"]).all()
 
 
+def test_closed_form_vi_summaries_equal_a_brute_force_integral():
+    """from_logit_mixture against a 2e6-point integral in logit z, for bimodal, narrow and edge-hugging mixtures."""
+    from lsst_spark_ml.bayes import summaries as S
+    z0, z1 = 0.0, 3.1
+    mu = np.array([[-3.7, -6.3, -3.2, -2.5, -1.5, 0.77],      # mass piled up near z = 0
+                   [-1.0, 0.5, 0.6, 0.7, 0.8, 0.9],            # bimodal
+                   [-0.4, -0.4, -0.4, -0.4, -0.4, -0.4]])      # one peak narrower than the mode scan's step
+    sd = np.array([[0.34, 1.85, 5.4, 1.1, 1.0, 0.2], [0.05, 0.1, 0.1, 0.1, 0.1, 0.1], [0.004] * 6])
+    log_pi = np.log(np.array([[0.1, 0.2, 0.1, 0.2, 0.2, 0.2], [0.45, 0.11, 0.11, 0.11, 0.11, 0.11],
+                              [1 / 6] * 6]))
+    got = S.from_logit_mixture(mu, sd, log_pi, z0, z1, EDGES)
+    u = np.linspace(-40, 40, 2_000_001)
+    for i in range(3):
+        d = sum(np.exp(log_pi[i, k] - 0.5 * ((u - mu[i, k]) / sd[i, k]) ** 2) / sd[i, k] for k in range(6))
+        z = z0 + (z1 - z0) / (1 + np.exp(-u))
+        d /= np.trapezoid(d, u)
+        cdf = np.concatenate([[0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(u))])
+        mean = np.trapezoid(d * z, u)
+        # Gauss-Hermite converges slowly for a component wider than the sigmoid's bend (sd 5.4 in logit z): 5e-5
+        assert got["z_mean"][i] == pytest.approx(mean, abs=1e-4)
+        assert got["z_std"][i] == pytest.approx(np.sqrt(np.trapezoid(d * (z - mean) ** 2, u)), abs=1e-4)
+        for col, q in zip(("z_median", "z_lo68", "z_hi68", "z_lo95", "z_hi95"), S.QUANTILES):
+            assert got[col][i] == pytest.approx(np.interp(q, cdf, z), abs=1e-5), col
+        np.testing.assert_allclose(got["pdf"][i], np.diff(np.interp(EDGES, z, cdf)), atol=1e-5)
+        if i > 0:       # case 0's density in z diverges at both ends (a component wide in logit z): no one mode
+            with np.errstate(divide="ignore"):       # log density in z; d underflows to 0 far from the peaks
+                log_dz = np.log(d) + np.logaddexp(0, -u) + np.logaddexp(0, u)
+            assert got["z_mode"][i] == pytest.approx(z[np.argmax(log_dz)], abs=1e-4)
+
+
 def test_vi_meets_the_issue_target(fits):
     # Issue 5: the VI median within 0.01(1+z) of the exact grid's for 95% of objects (300 objects:
     # scripts/evaluate_bayes.py, benchmarks/bayes_results.md).

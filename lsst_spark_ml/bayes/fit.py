@@ -70,7 +70,8 @@ def fit(model: Model, values, errors, kind: str, bands: list[str], limits: dict[
                     raw["cdf"].append(res["cdf"])
             elif method == "vi":
                 r = run_vi(post, s.vi_components, s.vi_steps, s.vi_samples, s.vi_lr, gen, vi_mode)
-                res = S.from_density(zg, r.density, edges)
+                res = S.from_logit_mixture(r.mu_z, r.sd_z, r.log_pi, model.z0, model.z_max, edges,
+                                           zg if keep_raw else None)
                 out["elbo"][rows] = r.elbo
                 out["flags"][rows[~np.isfinite(r.elbo)]] |= NOT_CONVERGED
                 raw["n_evals"] = (raw.get("n_evals", 0.0) * start + r.n_evals * len(rows)) / (start + len(rows))

@@ -1,10 +1,13 @@
 """Posterior summaries shared by all three methods: point estimates, 68%/95% intervals and the PDF on the
 network's redshift bins (so the Bayesian and the network PDFs can be compared and merged bin for bin).
 
-Grid and VI give a density on the fine grid; MCMC gives samples (exact sample quantiles, a lightly smoothed
-histogram for the mode).
+The grid gives a density on the fine grid; VI a Gaussian mixture in logit z, summarised in closed form
+(``from_logit_mixture``); MCMC gives samples (exact sample quantiles, a lightly smoothed histogram for the mode).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 import torch
@@ -73,3 +76,89 @@ def from_samples(samples: np.ndarray, zg: np.ndarray, edges: np.ndarray) -> dict
     return {"z_mean": s.mean(1), "z_median": q[:, 0], "z_mode": zg[np.argmax(sm, axis=1)], "z_std": s.std(1),
             "z_lo68": q[:, 1], "z_hi68": q[:, 2], "z_lo95": q[:, 3], "z_hi95": q[:, 4],
             "pdf": (counts / s.shape[1]).astype(np.float32)}
+
+
+GH_NODES = 128        # Gauss-Hermite nodes per component (mean, variance); fewer lose 1e-4 for wide components
+BISECT_STEPS = 34     # bisection in logit z for the quantiles: 80 / 2^34 = 5e-9 in logit z
+MODE_GRID = 192       # density scan per object for the mode (plus the component centres), then golden section
+GOLDEN_STEPS = 12     # the bracket (two scan steps, 0.03 in z) shrinks to 0.03 x 0.618^12 = 1e-4
+
+
+@functools.lru_cache(maxsize=1)
+def _hermite_nodes() -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Hermite nodes and weights for E[f(X)], X ~ N(0, 1)."""
+    x, w = np.polynomial.hermite.hermgauss(GH_NODES)
+    return torch.as_tensor(math.sqrt(2.0) * x), torch.as_tensor(w / math.sqrt(math.pi))
+
+
+def from_logit_mixture(mu: np.ndarray, sd: np.ndarray, log_pi: np.ndarray, z0: float, z1: float,
+                       edges: np.ndarray, zg: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The summaries of ``from_density`` for a mixture of Gaussians in u = logit((z - z0) / (z1 - z0)) (the
+    marginal in z of the VI posterior), in closed form where one exists: the PDF on ``edges`` and the quantiles
+    from the exact CDF sum_k pi_k Phi((u - mu_k) / sd_k) (bisection), mean and variance by Gauss-Hermite
+    quadrature per component (to ~1e-6 in z; ~1e-4 for a component wider than ~3 in logit z), the mode by a
+    density scan and golden-section refinement. Measured 3-4x faster than tabulating the density on the fine
+    grid (dz = 0.002), and exact where that grid is not (a narrow peak, mass piled up at the grid's edge).
+    ``zg``: also return the CDF on this grid (evaluation only). Arrays (N, K)."""
+    mu_t, sd_t = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(sd, dtype=torch.float64)
+    w = torch.softmax(torch.as_tensor(log_pi, dtype=torch.float64), 1)
+    span = z1 - z0
+    n = len(mu_t)
+
+    def u_of(z: torch.Tensor) -> torch.Tensor:
+        p = ((z - z0) / span).clamp(1e-300, 1 - 1e-16)
+        return torch.log(p) - torch.log1p(-p)
+
+    def cdf_u(u: torch.Tensor) -> torch.Tensor:             # u (N, M) -> (N, M)
+        return (w[:, :, None] * torch.special.ndtr((u[:, None, :] - mu_t[..., None]) / sd_t[..., None])).sum(1)
+
+    def cdf_z(z: np.ndarray) -> np.ndarray:
+        zt = torch.as_tensor(np.broadcast_to(z, (n, len(z))).copy(), dtype=torch.float64)
+        c = cdf_u(u_of(zt))
+        return torch.where(zt <= z0, 0.0, torch.where(zt >= z1, 1.0, c)).numpy()
+
+    pdf = np.diff(cdf_z(np.asarray(edges, dtype=np.float64)), axis=1)
+    # Quantiles: bisection in u, all objects and all quantiles at once (the CDF is monotone in u).
+    q = torch.tensor(QUANTILES, dtype=torch.float64).expand(n, -1)
+    lo = torch.full_like(q, -40.0)
+    hi = torch.full_like(q, 40.0)
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = cdf_u(mid) < q
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    zq = (z0 + span * torch.sigmoid(0.5 * (lo + hi))).numpy()
+    # Mean and variance: E[z^j] = sum_k pi_k E_k[z(u)^j], u ~ N(mu_k, sd_k^2), by Gauss-Hermite.
+    x, gw_t = _hermite_nodes()
+    u = mu_t[..., None] + sd_t[..., None] * x                                    # (N, K, G)
+    zk = z0 + span * torch.sigmoid(u)
+    m1 = (w[..., None] * gw_t * zk).sum((1, 2))
+    m2 = (w[..., None] * gw_t * zk * zk).sum((1, 2))
+    # Mode: the density in z on a scan, then golden-section search in the best cell's neighbourhood.
+    zs = np.linspace(z0, z1, MODE_GRID + 1)[1:-1]
+
+    def log_dens(z: torch.Tensor) -> torch.Tensor:         # log density in z, up to a constant (N, M)
+        uu = u_of(z)
+        t = (uu[:, None, :] - mu_t[..., None]) / sd_t[..., None]
+        comp = torch.log(w)[..., None] - torch.log(sd_t)[..., None] - 0.5 * t * t
+        return torch.logsumexp(comp, 1) - torch.log((z - z0) * (z1 - z))
+
+    # The scan holds each component's centre too, so a peak narrower than the scan's step is not missed.
+    centres = (z0 + span * torch.sigmoid(mu_t)).clamp(z0 + 1e-9, z1 - 1e-9)
+    cand = torch.cat([torch.as_tensor(zs).expand(n, -1), centres], 1)
+    best = cand.gather(1, log_dens(cand).argmax(1, keepdim=True))[:, 0]
+    step = zs[1] - zs[0]
+    a, b = best - step, best + step
+    a, b = a.clamp(min=z0 + 1e-9), b.clamp(max=z1 - 1e-9)
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(GOLDEN_STEPS):
+        c, d = b - g * (b - a), a + g * (b - a)
+        fc, fd = log_dens(torch.stack([c, d], 1)).unbind(1)
+        left = fc > fd
+        a, b = torch.where(left, a, c), torch.where(left, d, b)
+    out = {"z_mean": m1.numpy(), "z_median": zq[:, 0], "z_mode": (0.5 * (a + b)).numpy(),
+           "z_std": torch.sqrt((m2 - m1 * m1).clamp(min=0)).numpy(),
+           "z_lo68": zq[:, 1], "z_hi68": zq[:, 2], "z_lo95": zq[:, 3], "z_hi95": zq[:, 4],
+           "pdf": pdf.astype(np.float32)}
+    if zg is not None:
+        out["cdf"] = cdf_z(np.asarray(zg, dtype=np.float64))
+    return out
