@@ -274,6 +274,8 @@ class MorphologySettings:
     # ReMixMatch's distribution alignment alone (running mean of the unlabelled predictions, aligned to the labelled
     # class frequencies; training.morphology.DistributionAlignment)
     distribution_alignment: bool = False
+    # semi: this fraction of budget_images (or of the epochs) trains on the labelled rows alone first
+    warmup_fraction: float = 0.0
     labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
@@ -445,6 +447,8 @@ class Config:
             raise ConfigError(f"morphology.image_size must be a multiple of 4 and >= 16, got {m.image_size}")
         if not 0 < m.curriculum_start <= 1 or not 0 < m.curriculum_ramp <= 1:
             raise ConfigError("morphology.curriculum_start and curriculum_ramp must be in (0, 1]")
+        if not 0 <= m.warmup_fraction < 1:
+            raise ConfigError(f"morphology.warmup_fraction must be in [0, 1), got {m.warmup_fraction}")
         if not 0 < m.threshold < 1 or m.unlabelled_ratio < 1 or m.unlabelled_weight < 0:
             raise ConfigError("morphology needs 0 < threshold < 1, unlabelled_ratio >= 1, unlabelled_weight >= 0")
         if m.batch_size < 2 or m.steps_per_epoch < 1 or m.batch_size_predict < 1 or not m.batch_mb > 0:

@@ -2,6 +2,7 @@
 the S/N difficulty, class weights, and the Parquet loader's transform hook."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -68,6 +69,20 @@ def test_budget_gives_both_modes_the_same_images():
     assert 0 <= 96_000 - e2 * p2 * 10 < p2 * 10         # semi: within one epoch of it, never over
     both = MorphologySettings(mode="semi", batch_size=32, unlabelled_ratio=3, labelled_strong=True)
     assert plan_epochs(both)[1] == 2 * 32 + 2 * 3 * 32
+
+
+def test_warmup_spends_its_share_of_the_budget_on_labelled_rows_and_the_rest_in_full_steps():
+    from lsst_spark_ml.training.morphology import images_seen, warmup_epochs
+    ms = MorphologySettings(mode="semi", budget_images=150_000, batch_size=32, steps_per_epoch=40,
+                            unlabelled_ratio=3, labelled_strong=True, warmup_fraction=0.5)
+    epochs, per_step = plan_epochs(ms)
+    w = warmup_epochs(ms)
+    assert w == 75_000 // (64 * 40) == 29
+    assert epochs == w + (150_000 - w * 64 * 40) // (per_step * 40)
+    assert 0 <= 150_000 - images_seen(ms, epochs) < per_step * 40      # the budget, never over
+    assert images_seen(ms, w) == w * 64 * 40
+    assert warmup_epochs(dataclasses.replace(ms, mode="supervised")) == 0
+    assert warmup_epochs(dataclasses.replace(ms, warmup_fraction=0.0)) == 0
 
 
 def test_weak_view_is_an_exact_symmetry_and_strong_view_moves_masks_only_with_geometry():

@@ -224,14 +224,40 @@ def admitted(order: np.ndarray, epoch: int, epochs: int, ms: MorphologySettings)
     return order[:max(1, int(math.ceil(frac * len(order))))]
 
 
+def _images_per_step(ms: MorphologySettings) -> tuple[int, int]:
+    """-> images one step puts through the network: (labelled rows only, with the unlabelled rows of semi mode)."""
+    sup = ms.batch_size * (2 if ms.labelled_strong else 1)
+    return sup, sup + (2 * ms.batch_size * ms.unlabelled_ratio if ms.mode == "semi" else 0)
+
+
+def warmup_epochs(ms: MorphologySettings) -> int:
+    """Semi mode: the first epochs train on the labelled rows alone (``warmup_fraction`` of the budget), so that
+    the pseudo-labels start from a model that is confident on something: without it most of a short run's
+    unlabelled images pass the network with no pseudo-label kept (measured: under 6 % kept in the first 7 of 14
+    epochs at tau 0.7)."""
+    if ms.mode != "semi" or not ms.warmup_fraction:
+        return 0
+    sup, _ = _images_per_step(ms)
+    if ms.budget_images is None:
+        return int(round(ms.warmup_fraction * ms.epochs))
+    return int(ms.warmup_fraction * ms.budget_images // (sup * ms.steps_per_epoch))
+
+
 def plan_epochs(ms: MorphologySettings) -> tuple[int, int]:
-    """-> (epochs, images per step) for the mode and the compute budget."""
-    per_step = ms.batch_size * (2 if ms.labelled_strong else 1)
-    if ms.mode == "semi":
-        per_step += 2 * ms.batch_size * ms.unlabelled_ratio
+    """-> (epochs, images per step of the full steps) for the mode and the compute budget; the warm-up epochs
+    (``warmup_epochs``) are the first of them, at the labelled-only cost."""
+    sup, per_step = _images_per_step(ms)
     if ms.budget_images is None:
         return ms.epochs, per_step
-    return max(1, int(ms.budget_images // (per_step * ms.steps_per_epoch))), per_step
+    w = warmup_epochs(ms)
+    rest = ms.budget_images - w * sup * ms.steps_per_epoch
+    return w + max(1, int(rest // (per_step * ms.steps_per_epoch))), per_step
+
+
+def images_seen(ms: MorphologySettings, epochs_run: int) -> int:
+    sup, per_step = _images_per_step(ms)
+    w = min(epochs_run, warmup_epochs(ms))
+    return ms.steps_per_epoch * (w * sup + (epochs_run - w) * per_step)
 
 
 def network_config(ms: MorphologySettings, n_classes: int) -> dict:
@@ -269,16 +295,18 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         unl = read_cutout_set(unlabelled, ms.image_size, label_col=None, rank=rank, world=world, mask_cache=cache)
         order = np.argsort(difficulty(unl.snr), kind="stable")
     epochs, per_step = plan_epochs(ms)
+    warm = warmup_epochs(ms)
     log(f"[{label}] {len(tr_idx)} labelled training rows, {len(val_idx)} validation "
         f"({lab.n_flagged} flagged rows left out); "
         + (f"{len(unl.labels)} unlabelled rows on this process ({unl.n_flagged} flagged left out), "
            f"curriculum {ms.curriculum}; " if unl is not None else "")
-        + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images")
+        + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images"
+        + (f" (the first {warm} on labelled rows only)" if warm else ""))
     stats: dict = {}
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
-        pool = admitted(order, epoch, epochs, ms) if unl is not None else None
+        pool = admitted(order, epoch - warm, epochs - warm, ms) if unl is not None and epoch > warm else None
         if stats.get("seen"):
             log(f"[{label}]   pseudo-labels kept in epoch {epoch - 1}: {stats['kept'] / stats['seen']:.1%}"
                 + (f"; curriculum admits {len(pool)}/{len(order)} unlabelled rows" if pool is not None else ""))
@@ -323,7 +351,9 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
 
     model = build_morphology_model(ms.network, net_cfg)
     fit_ts = dataclasses.replace(ts, lr=ms.lr, betas=[0.9, 0.999], weight_decay=ms.weight_decay,
-                                 max_epochs=epochs, early_stop_patience=ms.early_stop_patience,
+                                 # with a warm-up the budget bounds the run: a labelled-only plateau must
+                                 # not end it before the unlabelled rows join
+                                 max_epochs=epochs, early_stop_patience=None if warm else ms.early_stop_patience,
                                  plateau_start_epoch=max(2, epochs // 3), plateau_patience=3,
                                  sync_batchnorm=False, snapshot_every=0, ema_decay=ms.ema_decay)
     res = fit(model, loss_fn, batches, val_batches, fit_ts, label=label, checkpoint_dir=checkpoint_dir,
@@ -332,7 +362,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
             "n_labelled_flagged": lab.n_flagged, "class_weights": weights.tolist(),
             "n_unlabelled_rank0": int(len(unl.labels)) if unl is not None else 0,
             "epochs_planned": epochs, "images_per_step": per_step,
-            "images_seen": per_step * ms.steps_per_epoch * res.epochs_run * res.world_size}
+            "warmup_epochs": warm, "images_seen": images_seen(ms, res.epochs_run) * res.world_size}
     return res, meta
 
 
