@@ -80,8 +80,8 @@ def from_samples(samples: np.ndarray, zg: np.ndarray, edges: np.ndarray) -> dict
 
 GH_NODES = 128        # Gauss-Hermite nodes per component (mean, variance); fewer lose 1e-4 for wide components
 BISECT_STEPS = 34     # bisection in logit z for the quantiles: 80 / 2^34 = 5e-9 in logit z
-MODE_GRID = 192       # density scan per object for the mode (plus the component centres), then golden section
-GOLDEN_STEPS = 12     # the bracket (two scan steps, 0.03 in z) shrinks to 0.03 x 0.618^12 = 1e-4
+MODE_GRID = 96        # density scan per object for the mode (plus the component centres), then golden section
+GOLDEN_STEPS = 14     # the bracket (two scan steps, 0.064 in z) shrinks to 0.064 x 0.618^14 = 8e-5
 
 
 @functools.lru_cache(maxsize=1)
