@@ -59,8 +59,10 @@ def fit(model: Model, values, errors, kind: str, bands: list[str], limits: dict[
     gen = torch.Generator().manual_seed(s.seed if seed is None else seed)
     zg = model.grid.z
     raw: dict = {"index": idx_ok, "cdf": [], "samples": []}
-    for start in range(0, len(idx_ok), s.batch_size):
-        rows = idx_ok[start:start + s.batch_size]
+    batch = getattr(s, "vi_amortised_batch_size", s.batch_size) if method == "vi" and vi_mode == "amortised" \
+        else s.batch_size
+    for start in range(0, len(idx_ok), batch):
+        rows = idx_ok[start:start + batch]
         sub = type(data)(data.flux[rows], data.weight[rows], data.m0[rows], data.n_used[rows])
         post = BatchPosterior(model, sub)
         with torch.no_grad() if method != "vi" else torch.enable_grad():
