@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                  "vi-semi-amortised": (model, "vi", "semi-amortised")})
     for mod, m, mode in runs.values():     # first calls import torch.optim/FFT machinery: not per-object cost
         fit(mod, flux[:4], err[:4], "flux", BANDS, LSST_1SIGMA_LIMITS, m, edges, vi_mode=mode)
-    res = {k: fit(mod, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, m, edges, vi_mode=mode, keep_raw=True)
+    res = {k: fit(mod, flux, err, "flux", BANDS, LSST_1SIGMA_LIMITS, m, edges, vi_mode=mode)
            for k, (mod, m, mode) in runs.items()}
     zg = res["grid"].columns["z_median"]
     report = {"objects": a.objects, "threads": a.threads, "model_grid_seconds": round(setup, 2),

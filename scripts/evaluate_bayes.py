@@ -44,8 +44,9 @@ BANDS = list("ugrizy")
 METHODS = ("grid", "mcmc", "vi")
 
 
-def run_all(model, values, errors, kind, edges, amortised: bool = False, short_mcmc=()):
-    """Every method on the same objects; ``short_mcmc``: extra (burn, steps) chain lengths, named mcmc-B+S."""
+def run_all(model, values, errors, kind, edges, amortised: bool = False, short_mcmc=(), keep_raw: bool = False):
+    """Every method on the same objects; ``short_mcmc``: extra (burn, steps) chain lengths, named mcmc-B+S;
+    ``keep_raw``: also each method's CDF or samples (for the PIT; not part of the timed work a job does)."""
     runs = [(m, model, m, None) for m in METHODS]
     runs += [(f"mcmc-{b}+{n}", Model(model.grid, dataclasses.replace(model.settings, mcmc_burn=b, mcmc_steps=n)),
               "mcmc", None) for b, n in short_mcmc]
@@ -55,7 +56,8 @@ def run_all(model, values, errors, kind, edges, amortised: bool = False, short_m
     for _, mod, m, mode in runs:   # warm-up: first calls import torch.optim/FFT machinery (and train/load the network)
         fit(mod, values[:4], errors[:4], kind, BANDS, LSST_1SIGMA_LIMITS, m, edges, vi_mode=mode)
     for name, mod, m, mode in runs:
-        out[name] = fit(mod, values, errors, kind, BANDS, LSST_1SIGMA_LIMITS, m, edges, keep_raw=True, vi_mode=mode)
+        out[name] = fit(mod, values, errors, kind, BANDS, LSST_1SIGMA_LIMITS, m, edges, keep_raw=keep_raw,
+                        vi_mode=mode)
     return out
 
 
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     report = {"settings": vars(cfg.bayes), "torch_threads": 1}
     if a.synthetic:
         flux, err, _, _ = draw_objects(MODEL, a.synthetic, seed=cfg.bayes.seed)
-        res = run_all(MODEL, flux, err, "flux", edges, a.amortised)
+        res = run_all(MODEL, flux, err, "flux", edges, a.amortised, keep_raw=True)
         report["synthetic_agreement"] = agreement(res, rng)
         # Is the reference converged? The same grid with many more template-mixture nodes.
         ref_model = Model(MODEL.grid, dataclasses.replace(cfg.bayes, n_interp=a.ref_interp))

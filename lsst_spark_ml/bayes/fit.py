@@ -28,7 +28,9 @@ class FitResult:
     columns: dict[str, np.ndarray]          # summaries, pdf (N, K), flags, rhat, ess, elbo
     seconds: float = 0.0
     n_fitted: int = 0
-    extra: dict = field(default_factory=dict)   # per-method raw output kept for evaluation (cdf, samples)
+    # log-posterior evaluations per object (n_evals) and refined objects (n_refined); with keep_raw also the raw
+    # output kept for evaluation (cdf, samples), which costs more than the fit for amortised VI
+    extra: dict = field(default_factory=dict)
 
 
 def empty_columns(n: int, n_bins: int) -> dict[str, np.ndarray]:
@@ -93,4 +95,6 @@ def fit(model: Model, values, errors, kind: str, bands: list[str], limits: dict[
         for c in S.COLUMNS:
             out[c][rows] = res[c]
         out["pdf"][rows] = res["pdf"]
-    return FitResult(out, time.perf_counter() - t0, len(idx_ok), raw if keep_raw else {})
+    if not keep_raw:
+        raw = {k: raw[k] for k in ("n_evals", "n_refined") if k in raw}
+    return FitResult(out, time.perf_counter() - t0, len(idx_ok), raw)
