@@ -22,7 +22,7 @@ def fit(spark, cfg: Config, labelled_path: str | None, unlabelled_path: str | No
         labelled_where: str | None = None) -> dict:
     """Defaults: the cosmoDC2 training file as labelled data, the embedded region (``ood.datasets``) as
     unlabelled data. ``labelled_where``: a Spark SQL predicate keeping some labelled rows (a spectroscopic
-    quality cut, or a magnitude limit that makes a survey-like training set, as in benchmarks/bayes_results.md)."""
+    quality cut, or a magnitude limit that makes a spectroscopic-like training set, benchmarks/bayes_results.md)."""
     from ..io.datasets import dc2_paths
     from ..ood.fit import fit_dcp
     if cfg.catalog.truth_col is None:

@@ -21,7 +21,11 @@ and the admitted fraction grows linearly until every row is admitted after ``cur
 
 Same compute: with ``budget_images`` the number of steps is the budget divided by the images one step puts
 through the network (``batch_size`` x 2 with ``labelled_strong``, plus ``2 mu batch_size`` in semi mode), so
-the two modes can be compared at equal cost.
+the two modes can be compared at equal cost. With ``warmup_fraction`` that share of the budget trains on the
+labelled rows alone before the unlabelled rows join; with ``distribution_alignment`` the pseudo-labels are
+aligned to the labelled class mix (``DistributionAlignment``); with ``ema_decay`` the validated and saved
+weights are a moving average (``training.loop``). README, "Averaged weights, a labelled warm-up and
+distribution alignment", has what each was for and what they measured.
 
 Early stopping and the best epoch use the labelled validation split as observed plus the same rows degraded
 towards the survey (the strong view with fixed draws). The loop, checkpoints and the backends are the project's
