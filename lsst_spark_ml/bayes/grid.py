@@ -44,17 +44,12 @@ def log_posterior_grid(post: BatchPosterior, n_interp: int) -> tuple[torch.Tenso
     return log_posterior_nodes(post, 1, tn), tn
 
 
-def grid_log_marginal(post: BatchPosterior, n_interp: int) -> torch.Tensor:
-    """log p(z) (N, nz) on the fine grid, unnormalised: trapezoid in t."""
+def grid_posterior(post: BatchPosterior, n_interp: int) -> np.ndarray:
+    """Marginal p(z) on the fine grid (N, nz), normalised to unit integral (trapezoid in z and in t)."""
     lp, tn = log_posterior_grid(post, n_interp)
     wt = torch.full((len(tn),), float(tn[1] - tn[0]), dtype=torch.float64)
     wt[0] = wt[-1] = 0.5 * wt[0]
-    return torch.logsumexp(lp + torch.log(wt), dim=2)
-
-
-def grid_posterior(post: BatchPosterior, n_interp: int) -> np.ndarray:
-    """Marginal p(z) on the fine grid (N, nz), normalised to unit integral (trapezoid in z and in t)."""
-    logpz = grid_log_marginal(post, n_interp)
+    logpz = torch.logsumexp(lp + torch.log(wt), dim=2)
     logpz = logpz - logpz.max(dim=1, keepdim=True).values
     pz = torch.exp(logpz).numpy()
     norm = np.trapezoid(pz, post.model.grid.z, axis=1)

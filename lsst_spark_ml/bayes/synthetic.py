@@ -64,10 +64,7 @@ def _draw_truth(model: Model, m0: np.ndarray, rng: np.random.Generator, seed: in
     cell = torch.multinomial(torch.softmax(lp, 1), 1, generator=torch.Generator().manual_seed(seed))[:, 0]
     z = (zz.reshape(-1)[cell]).numpy() + rng.uniform(-0.5, 0.5, n) * float(zg[1] - zg[0])
     t = (tt.reshape(-1)[cell]).numpy() + rng.uniform(-0.5, 0.5, n) * float(tg[1] - tg[0])
-    z = np.clip(z, model.z0, model.z_max)
-    t = np.clip(t, 0, model.t_max)
-    shape = model.model_flux(torch.as_tensor(z), torch.as_tensor(t)).numpy()          # unit prior-band flux
-    return z, t, shape * mag_to_njy(m0)[:, None]
+    return _with_fluxes(model, z, t, m0)
 
 
 def _draw_prior_exact(model: Model, m0: np.ndarray, rng: np.random.Generator):
@@ -100,7 +97,12 @@ def _draw_prior_exact(model: Model, m0: np.ndarray, rng: np.random.Generator):
         c0, c1 = cdf[np.arange(n), k - 1], cdf[np.arange(n), k]
         f = np.clip((q[:, 0] - c0) / np.maximum(c1 - c0, 1e-300), 0, 1)
         z = zn[k - 1] + f * (zn[k] - zn[k - 1])
+    return _with_fluxes(model, z, t, m0)
+
+
+def _with_fluxes(model: Model, z: np.ndarray, t: np.ndarray, m0: np.ndarray):
+    """(z, t) clipped into the model's support -> (z, t, true fluxes at prior-band magnitude m0)."""
     z = np.clip(z, model.z0, model.z_max)
     t = np.clip(t, 0, model.t_max)
-    shape = model.model_flux(torch.as_tensor(z), torch.as_tensor(t)).numpy()
+    shape = model.model_flux(torch.as_tensor(z), torch.as_tensor(t)).numpy()          # unit prior-band flux
     return z, t, shape * mag_to_njy(m0)[:, None]

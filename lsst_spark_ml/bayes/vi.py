@@ -102,12 +102,16 @@ class _Mixture:
                    + torch.nn.functional.logsigmoid(x[..., 1]) + torch.nn.functional.logsigmoid(-x[..., 1]))
         return self.post.log_prob(z, t) + log_jac
 
-    def elbo(self, s: int, gen: torch.Generator) -> torch.Tensor:
+    def _draw(self, s: int, gen: torch.Generator) -> torch.Tensor:
+        """Stratified samples: s from each component -> (N, K * S, 2), component-major."""
         n, k, _ = self.mu.shape
         eps = torch.randn(n, k, s, 2, generator=gen, dtype=torch.float64)
-        x = self.mu[:, :, None] + torch.einsum("nkij,nksj->nksi", self._chol(), eps)      # (N, K, S, 2)
-        flat = x.reshape(n, k * s, 2)
-        f = (self.log_p(flat) - self.log_q(flat)).reshape(n, k, s).mean(dim=2)
+        return (self.mu[:, :, None] + torch.einsum("nkij,nksj->nksi", self._chol(), eps)).reshape(n, k * s, 2)
+
+    def elbo(self, s: int, gen: torch.Generator) -> torch.Tensor:
+        n, k, _ = self.mu.shape
+        x = self._draw(s, gen)
+        f = (self.log_p(x) - self.log_q(x)).reshape(n, k, s).mean(dim=2)
         # An -inf target (outside support is impossible here, but underflow is not) must not poison the batch.
         f = torch.nan_to_num(f, nan=-1e6, neginf=-1e6)
         return (torch.softmax(self.logits, 1) * f).sum(dim=1)
@@ -117,8 +121,7 @@ class _Mixture:
         """Stratified samples (s per component) -> (ELBO, KL(q || p) = log Z - ELBO) per object, with log Z the
         importance-sampling estimate sum_k pi_k mean_s p/q from the same samples (non-finite: failed fit)."""
         n, k, _ = self.mu.shape
-        eps = torch.randn(n, k, s, 2, generator=gen, dtype=torch.float64)
-        x = (self.mu[:, :, None] + torch.einsum("nkij,nksj->nksi", self._chol(), eps)).reshape(n, k * s, 2)
+        x = self._draw(s, gen)
         lw = (self.log_p(x) - self.log_q(x)).reshape(n, k, s)
         logpi = torch.log_softmax(self.logits, 1)
         elbo = (torch.exp(logpi) * lw.mean(dim=2)).sum(dim=1)
@@ -132,8 +135,7 @@ class _Mixture:
         pi_k <- pi_k E_{q_k}[p / q]. The reparameterised gradient of the weights is too noisy with a few samples
         to split mass between distant modes; this fixed point does it with the same target and no gradient."""
         n, k, _ = self.mu.shape
-        eps = torch.randn(n, k, s, 2, generator=gen, dtype=torch.float64)
-        x = (self.mu[:, :, None] + torch.einsum("nkij,nksj->nksi", self._chol(), eps)).reshape(n, k * s, 2)
+        x = self._draw(s, gen)
         lw = torch.nan_to_num(self.log_p(x) - self.log_q(x), nan=-torch.inf).reshape(n, k, s)
         share = torch.logsumexp(lw, dim=2) - math.log(s)
         new = torch.log_softmax(self.logits, 1) + share
