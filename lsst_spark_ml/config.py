@@ -280,6 +280,11 @@ class MorphologySettings:
     distribution_alignment: bool = False
     # semi: this fraction of budget_images (or of the epochs) trains on the labelled rows alone first
     warmup_fraction: float = 0.0
+    # semi: where the pseudo-labels come from. student: the model being trained (FixMatch) | ema: a moving
+    # average of it with decay teacher_decay (Mean Teacher; self-ensembling for domain adaptation), whose weak
+    # views are a forward pass without gradients (training.morphology.EMATeacher)
+    pseudo_labels: str = "student"
+    teacher_decay: float = 0.99
     labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
@@ -451,6 +456,10 @@ class Config:
             raise ConfigError(f"morphology.image_size must be a multiple of 4 and >= 16, got {m.image_size}")
         if not 0 < m.curriculum_start <= 1 or not 0 < m.curriculum_ramp <= 1:
             raise ConfigError("morphology.curriculum_start and curriculum_ramp must be in (0, 1]")
+        if m.pseudo_labels not in ("student", "ema"):
+            raise ConfigError(f"morphology.pseudo_labels must be student|ema, got {m.pseudo_labels!r}")
+        if not 0 < m.teacher_decay < 1:
+            raise ConfigError(f"morphology.teacher_decay must be in (0, 1), got {m.teacher_decay}")
         if not 0 <= m.warmup_fraction < 1:
             raise ConfigError(f"morphology.warmup_fraction must be in [0, 1), got {m.warmup_fraction}")
         if not 0 < m.threshold < 1 or m.unlabelled_ratio < 1 or m.unlabelled_weight < 0:

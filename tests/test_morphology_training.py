@@ -193,3 +193,42 @@ def test_distribution_alignment_pulls_shifted_pseudo_labels_back_to_the_class_mi
     a = fixmatch_loss(logits, codes, None, tau=0.01, lam=1.0, relative=False)
     b = fixmatch_loss(logits, codes, None, tau=0.01, lam=1.0, relative=False, align=drifted())
     assert not torch.isclose(a, b)                     # through the loss: other pseudo-labels, another loss
+
+
+def test_ema_teacher_answers_the_weak_rows_without_gradient_and_follows_the_student_slowly():
+    from lsst_spark_ml.training.morphology import EMATeacher
+    torch.manual_seed(0)
+    student = torch.nn.Linear(4, 3)
+    teacher = EMATeacher(student, decay=0.9)
+    x = torch.randn(6, 4)
+    only_labelled = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.testing.assert_close(teacher(student, x, only_labelled), student(x))
+    assert teacher.avg is None                          # no unlabelled rows (warm-up): no teacher yet
+
+    codes = torch.tensor([0, 1, WEAK, WEAK, STRONG, STRONG])
+    weak = codes == WEAK
+    out = teacher(student, x, codes)                    # the first such step copies the student
+    torch.testing.assert_close(out, student(x))
+    out[~weak].sum().backward(retain_graph=True)
+    g_rows = student.weight.grad.clone()
+    student.zero_grad()
+    out.sum().backward()                                # the weak rows' logits carry no gradient
+    torch.testing.assert_close(student.weight.grad, g_rows)
+
+    w_old = student.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    out = teacher(student, x, codes)
+    expected_w = 0.9 * w_old + 0.1 * student.weight.detach()
+    torch.testing.assert_close(teacher.avg.module.weight, expected_w)
+    torch.testing.assert_close(out[weak], F.linear(x[weak], expected_w, teacher.avg.module.bias))
+    torch.testing.assert_close(out[~weak], student(x[~weak]))
+
+
+@pytest.mark.parametrize("change,pattern", [({"pseudo_labels": "teacher"}, "pseudo_labels must be student|ema"),
+                                            ({"teacher_decay": 1.0}, "teacher_decay must be in")])
+def test_pseudo_label_source_is_checked(change, pattern):
+    from lsst_spark_ml.config import load_config
+    from lsst_spark_ml.errors import ConfigError
+    with pytest.raises(ConfigError, match=pattern):
+        load_config([], [f"morphology.{k}={v}" for k, v in change.items()])

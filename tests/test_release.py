@@ -100,7 +100,7 @@ def test_config_errors_name_the_key(objects, tmp_path):
     d["release"]["stages"][0]["modle"] = "x"
     with pytest.raises(ConfigError, match=r"modle.*release\.stages\[0\]"):
         cfg_of(d)
-    cases = [({"stages": [{"name": "morphology"}]}, "morphology.*no implementation"),
+    cases = [({"stages": [{"name": "morphology"}]}, "morphology.*cutout tables"),
              ({"stages": [{"name": "photoz", "input": "nope"}]}, r"release\.stages\[0\]\.input 'nope'"),
              ({"stages": [{"name": "photoz"}, {"name": "bayes"}]}, "bayes needs.*ood"),
              ({"id": "../up"}, r"release\.id"), ({"join": "outer"}, r"release\.join"),

@@ -16,8 +16,9 @@ from ..errors import ConfigError
 
 # Stages in the order they run inside a partition; later ones may read earlier ones' columns.
 STAGES = ("photoz", "ood", "bayes")
-# Asked for by issue 9 but not runnable by this job yet: the error says so instead of "unknown".
-NOT_YET = {"morphology": "galaxy morphology has no implementation in this package yet",
+# Asked for by issue 9 but not run by this job: the error says so instead of "unknown".
+NOT_YET = {"morphology": "galaxy morphology runs on cutout tables, not on the object catalog this job reads; the "
+                         "release job does not run it (use 'lsst-spark-ml morphology predict' on the cutouts)",
            "asteroids": "the asteroid taxonomy runs on per-asteroid catalogs through a Spark ML pipeline; the "
                         "release job does not run it yet (use 'lsst-spark-ml asteroids classify')"}
 NEEDS = {"bayes": ("photoz", "ood")}        # bayes fits the rows ood flags and adopts photoz where it cannot

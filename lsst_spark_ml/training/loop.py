@@ -91,7 +91,7 @@ def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
 def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batches: Callable[[], Iterable],
         ts: TrainSettings, label: str = "", log=None, is_main: bool = True, *,
         checkpoint_dir: str | None = None, fingerprint: str = "", sharded: bool = False,
-        progress: bool = True) -> TrainResult:
+        progress: bool = True, forward=None) -> TrainResult:
     """Train ``model`` in place and return its best-validation state.
 
     ``train_batches(epoch)`` yields the whole batch, which each rank slices (``x[rank::world]``), or with
@@ -99,7 +99,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     rank must then yield the same number of batches). With ``checkpoint_dir`` the state is saved after every
     epoch and a run with the same ``fingerprint`` resumes after the last saved epoch; a finished run
     returns at once. Batch order must depend on (seed, epoch) only for a resumed run to equal an
-    uninterrupted one.
+    uninterrupted one. ``forward(net, x, y)`` replaces ``net(x)`` for the training batches (a teacher that
+    answers some rows); validation always calls the judged model itself.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     from .distributed import current
@@ -161,7 +162,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                     x, y = x[ctx.rank::world], y[ctx.rank::world]
             x, y = x.to(device), y.to(device)
             opt.zero_grad()    # set_to_none by default; Horovod's optimiser takes no arguments
-            loss = loss_fn(net(x), y)
+            loss = loss_fn(net(x) if forward is None else forward(net, x, y), y)
             loss.backward()
             if ctx is not None:
                 ctx.step(opt, clip)

@@ -184,6 +184,44 @@ class DistributionAlignment:
         return q / q.sum(1, keepdim=True)
 
 
+class EMATeacher:
+    """Pseudo-labels from an exponential moving average of the model being trained (``morphology.pseudo_labels:
+    ema``): Mean Teacher (Tarvainen & Valpola 2017), and the self-ensembling of French et al. 2018 that adapts
+    a classifier across a domain shift with exactly this teacher, a confidence threshold and class balancing.
+
+    Why: FixMatch's pseudo-labels come from the weights of the last step, which move by up to 0.7 in validation
+    loss between epochs on these small labelled sets (README, morphology); the average is the steadier model,
+    and the one the loop validates and keeps (``ema_decay``). The weak views pass through the teacher only,
+    without gradients, so a step costs less than FixMatch's joint forward.
+
+    Used as ``training.loop.fit(forward=...)``: rows coded ``WEAK`` get the teacher's logits, the others the
+    student's. The average starts as a copy of the student at the first step that has unlabelled rows (after
+    the warm-up) and is updated before each such step; buffers are the student's."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model, self.decay, self.avg = model, decay, None
+
+    def __call__(self, net, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        weak = codes == WEAK
+        if not weak.any():
+            return net(x)
+        if self.avg is None:        # built here, on the device the loop has moved the model to
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
+        self.avg.update_parameters(self.model)
+        out = net(x[~weak])
+        teacher = self.avg.module
+        with torch.no_grad():
+            for b_avg, b in zip(teacher.buffers(), self.model.buffers()):
+                b_avg.copy_(b)
+            teacher.eval()
+            t = teacher(x[weak]).to(out.dtype)
+        logits = out.new_empty((len(x), out.shape[1]))
+        logits[~weak] = out
+        logits[weak] = t
+        return logits
+
+
 def fixmatch_loss(logits: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor | None, tau: float,
                   lam: float, stats: dict | None = None, relative: bool = True,
                   align: DistributionAlignment | None = None) -> torch.Tensor:
@@ -360,8 +398,9 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
                                  max_epochs=epochs, early_stop_patience=None if warm else ms.early_stop_patience,
                                  plateau_start_epoch=max(2, epochs // 3), plateau_patience=3,
                                  sync_batchnorm=False, snapshot_every=0, ema_decay=ms.ema_decay)
+    teacher = EMATeacher(model, ms.teacher_decay) if unl is not None and ms.pseudo_labels == "ema" else None
     res = fit(model, loss_fn, batches, val_batches, fit_ts, label=label, checkpoint_dir=checkpoint_dir,
-              fingerprint=fingerprint, sharded=True, log=log)
+              fingerprint=fingerprint, sharded=True, log=log, forward=teacher)
     meta = {"n_labelled_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
             "n_labelled_flagged": lab.n_flagged, "class_weights": weights.tolist(),
             "n_unlabelled_rank0": int(len(unl.labels)) if unl is not None else 0,
