@@ -35,7 +35,9 @@ def sets(tmp_path_factory):
 def trained(sets, tmp_path_factory):
     from lsst_spark_ml.training.morphology import train_morphology
     out = tmp_path_factory.mktemp("morph_model") / "dat"
-    res = train_morphology(sets["labelled"], sets["unlabelled"], _cfg(), str(out), log=lambda m: None)
+    # the recipe of conf/morphology.yaml's pseudo-labels: from the moving-average teacher
+    res = train_morphology(sets["labelled"], sets["unlabelled"], _cfg(pseudo_labels="ema"), str(out),
+                           log=lambda m: None)
     return out, res
 
 
@@ -159,7 +161,7 @@ def test_cli_trains_with_ddp_and_predicts(spark, tmp_path, capsys):
     capsys.readouterr()
     assert main(["morphology", "train", "--labelled", str(sets / "labelled"), "--unlabelled",
                  str(sets / "unlabelled"), "--out", str(tmp_path / "m"), "--set", "train.backend=torch-distributor",
-                 "--set", "train.num_processes=2", *over]) == 0
+                 "--set", "train.num_processes=2", "--set", "morphology.pseudo_labels=ema", *over]) == 0
     out = capsys.readouterr().out
     res = json.loads(out[out.rindex('\n{\n  "model_dir"') + 1:])     # TorchDistributor prints to stdout too
     assert res["training"]["world_size"] == 2 and res["training"]["backend"] == "torch-distributor"

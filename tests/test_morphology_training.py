@@ -224,6 +224,10 @@ def test_ema_teacher_answers_the_weak_rows_without_gradient_and_follows_the_stud
     torch.testing.assert_close(out[weak], F.linear(x[weak], expected_w, teacher.avg.module.bias))
     torch.testing.assert_close(out[~weak], student(x[~weak]))
 
+    resumed = EMATeacher(student, decay=0.9)          # what the loop does with a checkpoint
+    resumed.load_state_dict(teacher.state_dict())
+    torch.testing.assert_close(resumed(student, x, codes), teacher(student, x, codes))
+
 
 @pytest.mark.parametrize("change,pattern", [({"pseudo_labels": "teacher"}, "pseudo_labels must be student|ema"),
                                             ({"teacher_decay": 1.0}, "teacher_decay must be in")])

@@ -56,3 +56,37 @@ def test_ema_decay_outside_0_1_is_refused(key):
     from lsst_spark_ml.config import load_config
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config([], [f"{key}=1.5"])
+
+
+def test_a_forward_with_state_answers_training_batches_and_resumes_from_the_checkpoint(tmp_path):
+    class Counting:
+        """Doubles the logits of training batches and counts the steps it answered."""
+        def __init__(self):
+            self.steps = 0
+
+        def __call__(self, net, x, y):
+            self.steps += 1
+            return 2 * net(x)
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state):
+            self.steps = state["steps"]
+
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g)
+    ckpt = str(tmp_path / "ckpt")
+
+    def run(epochs):
+        torch.manual_seed(0)
+        fwd = Counting()
+        res = fit(nn.Linear(3, 2), nn.functional.cross_entropy, lambda e: [(X[s:s + 16], y[s:s + 16])
+                                                                          for s in range(0, 64, 16)],
+                  lambda: [(X, y)], TrainSettings(max_epochs=epochs, early_stop_patience=None, lr=0.05),
+                  log=lambda m: None, progress=False, checkpoint_dir=ckpt, fingerprint="f", forward=fwd)
+        return res, fwd
+    res, fwd = run(2)
+    assert fwd.steps == 8 and res.history[0]["train_loss"] > 0
+    res, fwd = run(3)                                   # resumes after epoch 2 with the forward's state
+    assert res.resumed_from_epoch == 2 and fwd.steps == 12

@@ -100,7 +100,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     epoch and a run with the same ``fingerprint`` resumes after the last saved epoch; a finished run
     returns at once. Batch order must depend on (seed, epoch) only for a resumed run to equal an
     uninterrupted one. ``forward(net, x, y)`` replaces ``net(x)`` for the training batches (a teacher that
-    answers some rows); validation always calls the judged model itself.
+    answers some rows); validation always calls the judged model itself. A ``forward`` with ``state_dict`` /
+    ``load_state_dict`` has its state checkpointed and resumed with the model's.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     from .distributed import current
@@ -136,6 +137,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     ema = _averaged(model, getattr(ts, "ema_decay", None))
     if ema is not None and state is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
+    if state is not None and state.get("forward") is not None:
+        forward.load_state_dict(state["forward"])
 
     def clip():
         torch.nn.utils.clip_grad_norm_(model.parameters(), ts.grad_clip)
@@ -208,7 +211,8 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
                 "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "history": history,
                 "stopped_early": stopped_early, "snapshots": snapshots,
-                "ema": ema.state_dict() if ema is not None else None})
+                "ema": ema.state_dict() if ema is not None else None,
+                "forward": forward.state_dict() if hasattr(forward, "state_dict") else None})
         if stopped_early:
             if is_main:
                 log(f"[{label}] no improvement for {stale} epochs: stopping, best epoch {best_epoch}")

@@ -196,18 +196,30 @@ class EMATeacher:
 
     Used as ``training.loop.fit(forward=...)``: rows coded ``WEAK`` get the teacher's logits, the others the
     student's. The average starts as a copy of the student at the first step that has unlabelled rows (after
-    the warm-up) and is updated before each such step; buffers are the student's."""
+    the warm-up) and is updated before each such step; buffers are the student's. The loop checkpoints it
+    (``state_dict``), so a resumed run goes on with the same teacher."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.model, self.decay, self.avg = model, decay, None
+
+    def _build(self):
+        # on the device the loop has moved the model to
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
+
+    def state_dict(self) -> dict | None:
+        return None if self.avg is None else self.avg.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._build()
+        self.avg.load_state_dict(state)
 
     def __call__(self, net, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         weak = codes == WEAK
         if not weak.any():
             return net(x)
-        if self.avg is None:        # built here, on the device the loop has moved the model to
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
+        if self.avg is None:
+            self._build()
         self.avg.update_parameters(self.model)
         out = net(x[~weak])
         teacher = self.avg.module
