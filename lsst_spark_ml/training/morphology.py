@@ -8,7 +8,8 @@ unlabelled table's row groups, as float16 inputs in memory. Rows the input build
 
 Steps: a step draws ``batch_size`` labelled rows (weak view, and with ``labelled_strong`` also the strong
 view, in both modes) and, in semi mode, ``mu x batch_size`` unlabelled rows from the curriculum's admitted
-pool, each as a weak and a strong view (``morphology.augment``). One forward pass covers all three; the loss
+pool, each as a weak and a strong view (``morphology.augment``). One forward pass covers all three (with
+``pseudo_labels: ema`` the weak views go through the moving-average teacher instead, ``EMATeacher``); the loss
 (``fixmatch_loss``) is the class-weighted cross-entropy of the labelled rows plus lambda_u times the
 cross-entropy of the strong views against the weak views' argmax, kept where the weak view's confidence
 reaches tau (with ``relative_threshold``: AdaMatch's tau x the labelled rows' mean confidence, after
@@ -21,7 +22,8 @@ and the admitted fraction grows linearly until every row is admitted after ``cur
 
 Same compute: with ``budget_images`` the number of steps is the budget divided by the images one step puts
 through the network (``batch_size`` x 2 with ``labelled_strong``, plus ``2 mu batch_size`` in semi mode), so
-the two modes can be compared at equal cost. With ``warmup_fraction`` that share of the budget trains on the
+the two modes can be compared at equal cost (the teacher's forward-only weak views count as whole images: the
+comparison never favours semi mode). With ``warmup_fraction`` that share of the budget trains on the
 labelled rows alone before the unlabelled rows join; with ``distribution_alignment`` the pseudo-labels are
 aligned to the labelled class mix (``DistributionAlignment``); with ``ema_decay`` the validated and saved
 weights are a moving average (``training.loop``). README, "Averaged weights, a labelled warm-up and
