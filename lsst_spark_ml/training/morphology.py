@@ -192,9 +192,10 @@ class EMATeacher:
     a classifier across a domain shift with exactly this teacher, a confidence threshold and class balancing.
 
     Why: FixMatch's pseudo-labels come from the weights of the last step, which move by up to 0.7 in validation
-    loss between epochs on these small labelled sets (README, morphology); the average is the steadier model,
-    and the one the loop validates and keeps (``ema_decay``). The weak views pass through the teacher only,
-    without gradients, so a step costs less than FixMatch's joint forward.
+    loss between epochs on these small labelled sets (README, morphology); an average is the steadier model
+    (the loop validates and keeps one too, ``ema_decay``; this one starts where the unlabelled rows join). The
+    weak views pass through the teacher only, without gradients, so a step costs less than FixMatch's joint
+    forward (measured: 330 s against 342 s for the same 150,000 images at mu = 1).
 
     Used as ``training.loop.fit(forward=...)``: rows coded ``WEAK`` get the teacher's logits, the others the
     student's. The average starts as a copy of the student at the first step that has unlabelled rows (after
