@@ -7,7 +7,8 @@ Per model, on this machine, one torch thread (one core; Spark's layout is one ta
    flops_per_row``); Softplus, softmax and the summaries are not counted (they are a few % of the time);
  * objects/s/core for the network alone (features already scaled) and for the whole per-row work
    (fluxes -> features -> network -> summaries), float32 and bfloat16 where the model supports it;
- * Bayesian follow-up: the measured numbers of benchmarks/bayes_results.md (not rerun: minutes per point);
+ * Bayesian follow-up: the measured numbers of benchmarks/bayes_results.md (not rerun: minutes per point),
+   on the shipped DCP's flagged fraction and on a spectroscopic-like training set's;
  * morphology per cutout: DAT-Tiny at ``--morph-size`` px (random weights: speed does not depend on them) on
    GalSim renders of the survey domain, whole per-galaxy work (object masks, stretch, network), measured
    here on one core, float32 and bfloat16 autocast.
@@ -27,11 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# benchmarks/bayes_results.md, "Throughput" table (2 shared cores, 1 torch thread, default conf/bayes.yaml:
-# n_interp 7, MCMC 16 x (150 + 250), VI iterative 6 x 100); amortised VI: 6,754
-BAYES_OBJECTS_PER_S_CORE = {"grid": 128.0, "mcmc": 233.0, "vi": 149.0}
+# benchmarks/bayes_results.md, "Throughput" table (4,096 objects, 2 shared cores, 1 torch thread, default
+# conf/bayes.yaml: n_interp 7, MCMC 16 x (150 + 250), VI iterative 6 x 100, amortised VI 1,024 per call)
+BAYES_OBJECTS_PER_S_CORE = {"grid": 121.0, "mcmc": 273.0, "vi": 194.0, "vi_amortised": 18167.0}
 # make demo / README: 320 of 20,449 cosmoDC2 validation galaxies carry ood_flag with the shipped DCP model
 FLAGGED_GALAXY_FRACTION = 320 / 20449
+# benchmarks/bayes_results.md: a DCP trained on a spectroscopic-like set (i < 23) flags 7,083 of 10,224
+SPEC_LIKE_FLAGGED_FRACTION = 7083 / 10224
 # benchmarks/gpu_results.md: one NVIDIA H200 + 16 host cores, 16 tasks sharing the GPU, whole per-row work,
 # bfloat16 (photo-z ensemble) and bfloat16 autocast (DAT-Tiny 480 px, masks built on the host cores)
 GPU_MEASURED = {"photoz_ensemble_rows_per_s": 5.45e6, "morphology_480_images_per_s": 129.0,
@@ -197,6 +200,11 @@ def main():
     print(f"\nrelease total (photo-z ensemble + DCP on every object, VI on flagged galaxies): "
           f"{total['float32']:,.0f} core-hours in float32, {total['bfloat16']:,.0f} in bfloat16 (both models pass "
           "the accuracy gate)")
+    spec = SPEC_LIKE_FLAGGED_FRACTION * args.galaxies
+    print(f"with a DCP trained on a spectroscopic-like set ({SPEC_LIKE_FLAGGED_FRACTION:.0%} of galaxies flagged, "
+          f"{spec:.3g}): per-object VI {spec / BAYES_OBJECTS_PER_S_CORE['vi'] / 3600:,.0f} core-hours, amortised "
+          f"VI {spec / BAYES_OBJECTS_PER_S_CORE['vi_amortised'] / 3600:,.0f}, MCMC "
+          f"{spec / BAYES_OBJECTS_PER_S_CORE['mcmc'] / 3600:,.0f}")
     g = GPU_MEASURED
     print(f"\nGPU ({g['device']}, measured: benchmarks/gpu_results.md; 16 tasks share the GPU, whole per-row work):")
     print(f"  photo-z ensemble, bfloat16: {g['photoz_ensemble_rows_per_s'] / 1e6:.2f} M rows/s -> "
