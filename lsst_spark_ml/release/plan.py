@@ -21,11 +21,12 @@ _PIXEL = re.compile(r"Norder=(\d+)/Dir=(\d+)/Npix=(\d+)")
 
 # Per-row cost constants (core-seconds per input row) for the estimate, measured by
 # benchmarks/release_throughput.py --rows 1000000 on this project's 2-core machine (task seconds of each stage
-# in the release report / rows: photo-z 163 s, DCP 168 s per 10^6 rows, float32, CPU); Bayesian VI at 268
-# objects/s per core (README, issue 5) on an assumed ~1 % of rows (the DCP flag quantile is 0.99). Read, sort,
+# in the release report / rows: photo-z 163 s, DCP 168 s per 10^6 rows, float32, CPU); Bayesian VI at 194
+# objects/s per core (benchmarks/bayes_results.md, throughput table: the default per-object VI) on an assumed
+# ~1 % of rows (the DCP flag quantile is 0.99). Read, sort,
 # checksum and the Parquet write add ~6 us per row per stage (10 us with the 64-bin PDF, 1 us without).
 # A cluster core is assumed to be as fast as one core here; Spark start and driver work are not included.
-COST_CORE_S_PER_ROW = {"photoz": 1.63e-4, "ood": 1.68e-4, "bayes": 0.01 / 268}
+COST_CORE_S_PER_ROW = {"photoz": 1.63e-4, "ood": 1.68e-4, "bayes": 0.01 / 194}
 IO_CORE_S_PER_ROW = 6e-6
 BAYES_FLAGGED_FRACTION = 0.01
 
