@@ -61,7 +61,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _averaged(model: torch.nn.Module, decay: float | None):
+def averaged(model: torch.nn.Module, decay: float | None):
     """The EMA of ``model``'s parameters, or None; buffers are copied from the live model before each use."""
     if not decay:
         return None
@@ -69,7 +69,9 @@ def _averaged(model: torch.nn.Module, decay: float | None):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
 
 
-def _weights_to_judge(model: torch.nn.Module, ema) -> torch.nn.Module:
+def averaged_with_live_buffers(model: torch.nn.Module, ema) -> torch.nn.Module:
+    """The averaged module with ``model``'s buffers (BatchNorm statistics are not averaged); ``model`` without an
+    average."""
     if ema is None:
         return model
     with torch.no_grad():
@@ -134,7 +136,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             log(f"[{label}] resuming from the checkpoint of epoch {state['epoch']} in {checkpoint_dir}")
     if best_state is None:
         best_state = copy.deepcopy(model.state_dict())
-    ema = _averaged(model, getattr(ts, "ema_decay", None))
+    ema = averaged(model, getattr(ts, "ema_decay", None))
     if ema is not None and state is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     if state is not None and state.get("forward") is not None:
@@ -184,7 +186,7 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
             ctx.broadcast_buffers(model)
         if n == 0:
             raise RuntimeError(f"[{label}] epoch {epoch} had no training batches: empty or too small data")
-        judged = _weights_to_judge(model, ema)
+        judged = averaged_with_live_buffers(model, ema)
         val = evaluate_loss(judged, loss_fn, ((x.to(device), y.to(device)) for x, y in val_batches()))
         if epoch >= ts.plateau_start_epoch:   # the paper starts the plateau schedule at epoch 10
             sched.step(val)

@@ -55,7 +55,7 @@ from ..errors import CatalogError, ConfigError
 from ..morphology import augment
 from ..morphology.difficulty import difficulty, image_snr
 from . import backends
-from .loop import fit
+from .loop import averaged, averaged_with_live_buffers, fit
 
 WEAK, STRONG = -1, -2
 KIND = "morphology-classifier"
@@ -206,9 +206,7 @@ class EMATeacher:
         self.model, self.decay, self.avg = model, decay, None
 
     def _build(self):
-        # on the device the loop has moved the model to
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False)
+        self.avg = averaged(self.model, self.decay)       # on the device the loop has moved the model to
 
     def state_dict(self) -> dict | None:
         return None if self.avg is None else self.avg.state_dict()
@@ -225,11 +223,9 @@ class EMATeacher:
             self._build()
         self.avg.update_parameters(self.model)
         out = net(x[~weak])
-        teacher = self.avg.module
+        teacher = averaged_with_live_buffers(self.model, self.avg)
+        teacher.eval()
         with torch.no_grad():
-            for b_avg, b in zip(teacher.buffers(), self.model.buffers()):
-                b_avg.copy_(b)
-            teacher.eval()
             t = teacher(x[weak]).to(out.dtype)
         logits = out.new_empty((len(x), out.shape[1]))
         logits[~weak] = out
