@@ -286,6 +286,8 @@ class MorphologySettings:
     pseudo_labels: str = "student"
     teacher_decay: float = 0.99
     labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
+    # strong views also redder, as at the survey's higher redshifts (morphology.augment.redshift_colours)
+    colour_shift: bool = False
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
     steps_per_epoch: int = 40          # an epoch is this many steps (the labelled set is small and resampled)

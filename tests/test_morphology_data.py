@@ -106,6 +106,17 @@ def test_fast_path_matches_galsim_convolution():
         assert np.abs(img - ref).max() < 1e-3 * ref.max()
 
 
+def test_strong_view_colour_shift_is_the_templates_k_correction():
+    """augment.REDSHIFT_COLOUR_SHIFT is the renderer's own CWW k-correction, z 0.07 -> 0.30, template mean."""
+    from lsst_spark_ml.morphology import augment
+    from lsst_spark_ml.morphology.render import _colour_table
+    zs, table = _colour_table()
+    i0, i1 = int(np.argmin(abs(zs - 0.07))), int(np.argmin(abs(zs - 0.30)))
+    dm = (-2.5 * np.log10(table[:, i1] / table[:, i0])).mean(0)
+    np.testing.assert_allclose(augment.REDSHIFT_COLOUR_SHIFT, dm, atol=2e-3)
+    assert dm[0] > 0.3                                  # g - r reddens by ~0.46 mag
+
+
 def test_nan_gaps_follow_their_probability():
     s = dataclasses.replace(R.RenderSettings.survey(32), nan_gap_probability=0.3)
     r = R.render_galaxies(160, 8, s, class_weights=UNIFORM)

@@ -7,8 +7,9 @@ masks stay exact too.
 Strong view: the weak view, then what separates the survey from the labelled set: a smaller galaxy
 (``zoom_out``: shrunk by up to 2x, masks shrunk with it), then on the band channels in linear flux (the inputs
 are arcsinh-stretched, ``inputs.normalise``; ``sinh`` undoes the stretch in units of the noise sigma) a broader
-PSF (Gaussian blur, sigma drawn per image), a fainter object (flux times a factor in [dim_min, 1]) and more sky
-noise, then a random erased square (cutout). The ranges cover the survey domain of ``morphology.render``
+PSF (Gaussian blur, sigma drawn per image), optionally redder colours (``colour_shift``: the galaxy moved to
+a higher redshift), a fainter object (flux times a factor in [dim_min, 1]) and more sky noise, then a random
+erased square (cutout). The ranges cover the survey domain of ``morphology.render``
 (2 mag fainter at 1 mag shallower depth, 0.6x the size, PSF 1.05 against 0.7 arcsec). Photometric changes
 keep the masks of the original observation: they say where the object and the missing pixels were measured,
 and a model must not learn to read the augmentation from them.
@@ -53,6 +54,23 @@ def _blur(v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 ZOOMS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
+# grizy magnitude change (r held fixed) of a galaxy moved from z = 0.07, the middle of the labelled domain's
+# redshifts, to z = 0.30, the far end of the survey's: the mean over GalSim's CWW templates (E, Sbc, Scd, Im;
+# E alone: g +0.66, Im: +0.38) through the LSST bandpasses (tests/test_morphology_data.py recomputes it).
+# Why: the k-correction reddens every class as the 4000 A break moves through g, and g - r is the colour
+# that orders the Hubble sequence, so a network trained at low redshift calls a survey galaxy one class
+# earlier (README, morphology). The strong view draws a fraction t ~ U(0, 1) of this shift per image.
+REDSHIFT_COLOUR_SHIFT = (0.460, 0.0, -0.024, -0.043, -0.031)
+
+
+def redshift_colours(bands: torch.Tensor, generator: torch.Generator | None = None,
+                     shift=REDSHIFT_COLOUR_SHIFT) -> torch.Tensor:
+    """Band fluxes (linear, (n, 5, H, W)) of the same galaxies seen redder: magnitudes plus t * ``shift``,
+    with t ~ U(0, 1) per image. The noise is not rescaled: the sky of the survey is what it is."""
+    t = torch.rand(bands.shape[0], 1, generator=generator)
+    factor = 10.0 ** (-0.4 * t * torch.tensor(shift, dtype=torch.float32))
+    return bands * factor[:, :, None, None].to(bands.dtype)
+
 
 def zoom_out(x: torch.Tensor, generator: torch.Generator | None = None, zooms=ZOOMS) -> torch.Tensor:
     """The same galaxy seen smaller: each image shrunk by a factor drawn from ``zooms`` (band flux averaged
@@ -79,13 +97,17 @@ def zoom_out(x: torch.Tensor, generator: torch.Generator | None = None, zooms=ZO
 
 
 def strong(x: torch.Tensor, generator: torch.Generator | None = None, *, max_blur: float = 2.0,
-           dim_min: float = 0.15, max_noise: float = 2.0, erase_frac: float = 0.25) -> torch.Tensor:
-    """The strong view (module docstring)."""
+           dim_min: float = 0.15, max_noise: float = 2.0, erase_frac: float = 0.25,
+           colour_shift: bool = False) -> torch.Tensor:
+    """The strong view (module docstring). Without ``colour_shift`` no draw is made for it, so the random
+    stream, and every earlier run, is unchanged."""
     x = zoom_out(weak(x, generator), generator)
     n, _, h, w = x.shape
     bands = torch.sinh(x[:, :N_BANDS].float())                        # linear flux, stretch-scale units
     sigma = torch.rand(n, generator=generator) * max_blur
     bands = torch.where((sigma > 0.2)[:, None, None, None], _blur(bands, sigma), bands)
+    if colour_shift:
+        bands = redshift_colours(bands, generator)
     dim = dim_min + (1 - dim_min) * torch.rand(n, 1, 1, 1, generator=generator)
     noise = max_noise * torch.rand(n, 1, 1, 1, generator=generator)
     bands = bands * dim + noise * torch.randn(bands.shape, generator=generator)

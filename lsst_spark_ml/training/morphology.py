@@ -372,13 +372,13 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
             if ms.labelled_strong:
                 # The labelled rows also as the survey would show them (AdaMatch trains the source on both
                 # views): correct labels for the look of the shifted set.
-                xs.append(augment.strong(xl, g))
+                xs.append(augment.strong(xl, g, colour_shift=ms.colour_shift))
                 ys.append(y_all[li])
             if pool is not None:
                 ui = torch.from_numpy(pool)[torch.randint(0, len(pool), (ms.batch_size * ms.unlabelled_ratio,),
                                                           generator=g)]
                 u = unl.x[ui].float()
-                xs += [augment.weak(u, g), augment.strong(u, g)]
+                xs += [augment.weak(u, g), augment.strong(u, g, colour_shift=ms.colour_shift)]
                 ys += [torch.full((len(ui),), WEAK), torch.full((len(ui),), STRONG)]
             yield torch.cat(xs), torch.cat(ys)
 
@@ -387,7 +387,8 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
     # labelled domain alone rewards overfitting it.
     g_val = torch.Generator().manual_seed(ms.seed + 17)
     x_val = torch.cat([lab.x[torch.from_numpy(val_idx)].float(),
-                       augment.strong(lab.x[torch.from_numpy(val_idx)].float(), g_val)])
+                       augment.strong(lab.x[torch.from_numpy(val_idx)].float(), g_val,
+                                      colour_shift=ms.colour_shift)])
     y_val = torch.cat([y_all[torch.from_numpy(val_idx)]] * 2)
 
     def val_batches():
