@@ -36,6 +36,7 @@ towards the survey (the strong view with fixed draws). The loop, checkpoints and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -356,6 +357,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images"
         + (f" (the first {warm} on labelled rows only)" if warm else ""))
     stats: dict = {}
+    strong = functools.partial(augment.strong, colour_shift=ms.colour_shift)   # every strong view of the run
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
@@ -372,13 +374,13 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
             if ms.labelled_strong:
                 # The labelled rows also as the survey would show them (AdaMatch trains the source on both
                 # views): correct labels for the look of the shifted set.
-                xs.append(augment.strong(xl, g, colour_shift=ms.colour_shift))
+                xs.append(strong(xl, g))
                 ys.append(y_all[li])
             if pool is not None:
                 ui = torch.from_numpy(pool)[torch.randint(0, len(pool), (ms.batch_size * ms.unlabelled_ratio,),
                                                           generator=g)]
                 u = unl.x[ui].float()
-                xs += [augment.weak(u, g), augment.strong(u, g, colour_shift=ms.colour_shift)]
+                xs += [augment.weak(u, g), strong(u, g)]
                 ys += [torch.full((len(ui),), WEAK), torch.full((len(ui),), STRONG)]
             yield torch.cat(xs), torch.cat(ys)
 
@@ -387,8 +389,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
     # labelled domain alone rewards overfitting it.
     g_val = torch.Generator().manual_seed(ms.seed + 17)
     x_val = torch.cat([lab.x[torch.from_numpy(val_idx)].float(),
-                       augment.strong(lab.x[torch.from_numpy(val_idx)].float(), g_val,
-                                      colour_shift=ms.colour_shift)])
+                       strong(lab.x[torch.from_numpy(val_idx)].float(), g_val)])
     y_val = torch.cat([y_all[torch.from_numpy(val_idx)]] * 2)
 
     def val_batches():
