@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from lsst_spark_ml.config import load_config
 from lsst_spark_ml.io.readers import read_table
@@ -53,6 +54,27 @@ def test_training_writes_a_verified_model_with_its_recipe(trained):
     assert not (out / "_checkpoints").exists()
     hist = json.loads((out / "training_log.json").read_text())["history"]
     assert len(hist) == 2 and all(np.isfinite(h["val_loss"]) for h in hist)
+
+
+def test_a_survey_monitor_records_each_epoch_without_changing_the_run(sets, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from lsst_spark_ml.morphology.render import CLASSES
+    from lsst_spark_ml.training.morphology import train_morphology
+    from lsst_spark_ml.training.morphology_monitor import SurveyMonitor
+    out, _ = trained
+    monitor = SurveyMonitor(sets["test"], SIZE, list(CLASSES))
+    train_morphology(sets["labelled"], sets["unlabelled"], _cfg(pseudo_labels="ema"), str(tmp_path / "m"),
+                     log=lambda m: None, monitor=monitor)
+    hist = json.loads((tmp_path / "m" / "training_log.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    for h in hist:
+        assert 0 <= h["monitor_macro_f1"] <= 1 and 0 <= h["monitor_accuracy"] <= 1
+        assert 0 <= h["monitor_entropy"] <= np.log(len(CLASSES)) + 1e-6
+        assert abs(sum(h["monitor_class_mix"]) - 1) < 1e-3
+    # the monitor only watches: the weights are those of the same run without it
+    a, b = load_file(str(out / "weights.safetensors")), load_file(str(tmp_path / "m" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _damaged_copy(src: str, dst) -> int:

@@ -36,10 +36,11 @@ def make_cutouts(cfg: Config, out_dir: str, n_labelled: int | None = None, n_unl
     return {k: str(v) for k, v in paths.items()}
 
 
-def train(spark, cfg: Config, labelled: str, unlabelled: str | None, out_dir: str) -> dict:
-    """Train (``spark`` is used by the torch-distributor backend; the local backend does not need it)."""
+def train(spark, cfg: Config, labelled: str, unlabelled: str | None, out_dir: str, monitor=None) -> dict:
+    """Train (``spark`` is used by the torch-distributor backend; the local backend does not need it);
+    ``monitor``: ``training.morphology.train_morphology``'s per-epoch hook."""
     from ..training.morphology import train_morphology
-    return train_morphology(labelled, unlabelled, cfg, out_dir)
+    return train_morphology(labelled, unlabelled, cfg, out_dir, monitor=monitor)
 
 
 def predict(spark, cfg: Config, cutouts: str, model_dir: str, out_path: str) -> dict:

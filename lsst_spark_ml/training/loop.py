@@ -93,7 +93,7 @@ def evaluate_loss(model: torch.nn.Module, loss_fn, batches: Iterable) -> float:
 def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batches: Callable[[], Iterable],
         ts: TrainSettings, label: str = "", log=None, is_main: bool = True, *,
         checkpoint_dir: str | None = None, fingerprint: str = "", sharded: bool = False,
-        progress: bool = True, forward=None) -> TrainResult:
+        progress: bool = True, forward=None, monitor=None) -> TrainResult:
     """Train ``model`` in place and return its best-validation state.
 
     ``train_batches(epoch)`` yields the whole batch, which each rank slices (``x[rank::world]``), or with
@@ -103,7 +103,9 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
     returns at once. Batch order must depend on (seed, epoch) only for a resumed run to equal an
     uninterrupted one. ``forward(net, x, y)`` replaces ``net(x)`` for the training batches (a teacher that
     answers some rows); validation always calls the judged model itself. A ``forward`` with ``state_dict`` /
-    ``load_state_dict`` has its state checkpointed and resumed with the model's.
+    ``load_state_dict`` has its state checkpointed and resumed with the model's. ``monitor(epoch, judged)``, on
+    the main rank after each validation, returns a dict of numbers merged into that epoch's history row: it sees
+    the weights the loop judges (the average with ``ema_decay``) in eval mode, and never decides anything.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     from .distributed import current
@@ -199,6 +201,10 @@ def fit(model: torch.nn.Module, loss_fn, train_batches: BatchProvider, val_batch
         seconds = time.time() - t_ep
         h = {"epoch": epoch, "train_loss": tot / n, "val_loss": val, "lr": opt.param_groups[0]["lr"],
              "samples_per_s": n / max(seconds, 1e-9), "epoch_seconds": seconds, "world_size": world}
+        if monitor is not None and is_main:
+            judged.eval()
+            with torch.no_grad():
+                h.update(monitor(epoch, judged) or {})
         history.append(h)
         if ts.snapshot_every and (epoch - 1) % ts.snapshot_every == 0:
             # The learning rate the next steps will use is TracIn's step size for this snapshot.

@@ -325,7 +325,7 @@ def network_config(ms: MorphologySettings, n_classes: int) -> dict:
 
 
 def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings, ts, net_cfg: dict,
-                   n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str):
+                   n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str, monitor=None):
     """Runs in each training process (``backends.run``)."""
     from ..models.dat import build_morphology_model
     from .distributed import current
@@ -413,7 +413,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
                                  sync_batchnorm=False, snapshot_every=0, ema_decay=ms.ema_decay)
     teacher = EMATeacher(model, ms.teacher_decay) if unl is not None and ms.pseudo_labels == "ema" else None
     res = fit(model, loss_fn, batches, val_batches, fit_ts, label=label, checkpoint_dir=checkpoint_dir,
-              fingerprint=fingerprint, sharded=True, log=log, forward=teacher)
+              fingerprint=fingerprint, sharded=True, log=log, forward=teacher, monitor=monitor)
     meta = {"n_labelled_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
             "n_labelled_flagged": lab.n_flagged, "class_weights": weights.tolist(),
             "n_unlabelled_rank0": int(len(unl.labels)) if unl is not None else 0,
@@ -428,8 +428,11 @@ def _fingerprint(labelled: str, unlabelled: str | None, ms: MorphologySettings, 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir: str, log=None) -> dict:
-    """Train the configured network and write a model directory (safetensors + sha256 manifest)."""
+def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir: str, log=None,
+                     monitor=None) -> dict:
+    """Train the configured network and write a model directory (safetensors + sha256 manifest). ``monitor``:
+    ``training.loop.fit``'s per-epoch hook (``training.morphology_monitor.SurveyMonitor``); its numbers go into
+    the training log."""
     from ..morphology.cutouts import check_cutout_table
     from ..morphology.render import CLASSES
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -457,7 +460,7 @@ def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir
     t0 = time.time()
     res, meta = backends.run(ts.backend, _train_process, labelled, unlabelled if ms.mode == "semi" else None, ms,
                              ts, net_cfg, len(classes), ckpt, _fingerprint(labelled, unlabelled, ms, net_cfg),
-                             label, options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
+                             label, monitor, options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
                                              "local_mode": ts.local_mode})
     manifest = {
         "kind": KIND, "network": ms.network, "architecture": net_cfg, "classes": classes,
