@@ -288,6 +288,10 @@ class MorphologySettings:
     labelled_strong: bool = False      # labelled rows also enter as strong (survey-like) views, in both modes
     # strong views also redder, as at the survey's higher redshifts (morphology.augment.redshift_colours)
     colour_shift: bool = False
+    # semi: the unlabelled rows' strong views reddened too. They are survey galaxies already, so the shift takes
+    # them beyond the survey's redshifts and the consistency term teaches the network to ignore g - r, the
+    # colour that orders the Hubble sequence (README, morphology); true replays the earlier runs
+    colour_shift_unlabelled: bool = True
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
     steps_per_epoch: int = 40          # an epoch is this many steps (the labelled set is small and resampled)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 # (network, seed, budget, augmentations, EMA, ...) is its baseline.
 SEMI_ONLY = {"mode", "curriculum", "curriculum_start", "curriculum_ramp", "unlabelled_ratio", "threshold",
              "unlabelled_weight", "relative_threshold", "distribution_alignment", "warmup_fraction",
-             "pseudo_labels", "teacher_decay"}
+             "pseudo_labels", "teacher_decay", "colour_shift_unlabelled"}
 
 
 def baseline_key(settings: dict) -> str:

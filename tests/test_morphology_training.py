@@ -119,6 +119,21 @@ def test_colour_shift_reddens_band_fluxes_only_and_is_off_by_default():
     assert not torch.equal(shifted[:, :5], plain[:, :5])
 
 
+@pytest.mark.parametrize("shift,unlabelled,expect", [(True, True, (True, True)), (True, False, (True, False)),
+                                                     (False, True, (False, False))])
+def test_unlabelled_strong_views_can_leave_the_colour_shift_out(shift, unlabelled, expect):
+    from lsst_spark_ml.config import load_config
+    from lsst_spark_ml.training.morphology import strong_views
+    ms = load_config(None, [f"morphology.colour_shift={str(shift).lower()}",
+                            f"morphology.colour_shift_unlabelled={str(unlabelled).lower()}"]).morphology
+    lab, unl = strong_views(ms)
+    x = torch.randn(6, 11, 16, 16)
+    plain = augment.strong(x, torch.Generator().manual_seed(5))
+    shifted = augment.strong(x, torch.Generator().manual_seed(5), colour_shift=True)
+    for view, reddened in zip((lab, unl), expect):
+        assert torch.equal(view(x, torch.Generator().manual_seed(5)), shifted if reddened else plain)
+
+
 def test_blur_preserves_flux_and_broadens():
     img = torch.zeros(1, 1, 31, 31)
     img[0, 0, 15, 15] = 1.0

@@ -324,6 +324,14 @@ def network_config(ms: MorphologySettings, n_classes: int) -> dict:
     return preset(num_classes=n_classes).to_dict()
 
 
+def strong_views(ms: MorphologySettings):
+    """-> (strong view of the labelled and validation rows, strong view of the unlabelled rows). The colour shift
+    moves a labelled galaxy to the survey's redshifts; an unlabelled one is there already, and reddening it
+    further only makes consistency teach colour blindness, so ``colour_shift_unlabelled`` can leave it out."""
+    return (functools.partial(augment.strong, colour_shift=ms.colour_shift),
+            functools.partial(augment.strong, colour_shift=ms.colour_shift and ms.colour_shift_unlabelled))
+
+
 def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings, ts, net_cfg: dict,
                    n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str, monitor=None):
     """Runs in each training process (``backends.run``)."""
@@ -357,7 +365,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images"
         + (f" (the first {warm} on labelled rows only)" if warm else ""))
     stats: dict = {}
-    strong = functools.partial(augment.strong, colour_shift=ms.colour_shift)   # every strong view of the run
+    strong, strong_unl = strong_views(ms)
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
@@ -380,7 +388,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
                 ui = torch.from_numpy(pool)[torch.randint(0, len(pool), (ms.batch_size * ms.unlabelled_ratio,),
                                                           generator=g)]
                 u = unl.x[ui].float()
-                xs += [augment.weak(u, g), strong(u, g)]
+                xs += [augment.weak(u, g), strong_unl(u, g)]
                 ys += [torch.full((len(ui),), WEAK), torch.full((len(ui),), STRONG)]
             yield torch.cat(xs), torch.cat(ys)
 
