@@ -292,6 +292,10 @@ class MorphologySettings:
     # them beyond the survey's redshifts and the consistency term teaches the network to ignore g - r, the
     # colour that orders the Hubble sequence (README, morphology); true replays the earlier runs
     colour_shift_unlabelled: bool = True
+    # where the colour shift's vector comes from. templates: the CWW k-correction from z 0.07 to 0.30
+    # (morphology.augment.REDSHIFT_COLOUR_SHIFT) | unlabelled: measured, the median colours of the unlabelled
+    # (survey) rows against the labelled rows' (morphology.colours), drawn so that its mean is that difference
+    colour_shift_source: str = "templates"
     class_weighting: str = "inverse-sqrt"   # none | inverse | inverse-sqrt (of the labelled class frequencies)
     batch_size: int = 32               # labelled rows per step (per process)
     steps_per_epoch: int = 40          # an epoch is this many steps (the labelled set is small and resampled)
@@ -462,6 +466,9 @@ class Config:
             raise ConfigError(f"morphology.image_size must be a multiple of 4 and >= 16, got {m.image_size}")
         if not 0 < m.curriculum_start <= 1 or not 0 < m.curriculum_ramp <= 1:
             raise ConfigError("morphology.curriculum_start and curriculum_ramp must be in (0, 1]")
+        if m.colour_shift_source not in ("templates", "unlabelled"):
+            raise ConfigError(f"morphology.colour_shift_source must be templates|unlabelled, got "
+                              f"{m.colour_shift_source!r}")
         if m.pseudo_labels not in ("student", "ema"):
             raise ConfigError(f"morphology.pseudo_labels must be student|ema, got {m.pseudo_labels!r}")
         if not 0 < m.teacher_decay < 1:

@@ -10,7 +10,8 @@ epochs were better on the survey and were not chosen) or the unlabelled phase ta
 trajectory on labelled survey rows tells which. Trains exactly as ``scripts/evaluate_morphology.py`` (same
 sets, recipes and conf; the monitor draws no random numbers, so the run is the same run) with
 ``training.morphology_monitor.SurveyMonitor`` on the test table, and prints per epoch: validation loss,
-macro-F1, the mean entropy of the predictions and the predicted class mix. The summary compares the kept
+macro-F1, the mean entropy of the predictions, the fraction of rows predicted with at least FixMatch's
+confidence threshold (how often those are right) and the predicted class mix. The summary compares the kept
 epoch with the best epoch in hindsight, the end of the warm-up, the last epoch and the epoch a label-free
 criterion (lowest prediction entropy on the survey rows) would choose. Writes ``<out>/<key>.json``.
 """
@@ -65,18 +66,21 @@ def main(argv=None) -> int:
                       args.overrides + [f"morphology.{k}={v}" for k, v in over.items()])
     key = f"{args.network}_{args.recipe}_seed{args.seed}"
     out = Path(args.out)
-    monitor = SurveyMonitor(args.monitor or str(data / "test"), cfg.morphology.image_size, list(CLASSES))
+    monitor = SurveyMonitor(args.monitor or str(data / "test"), cfg.morphology.image_size, list(CLASSES),
+                            threshold=cfg.morphology.threshold)
     t = time.time()
     res = morphology.train(None, cfg, str(data / "labelled"), str(data / "unlabelled"), str(out / "models" / key),
                            monitor=monitor)
     tr = res["manifest"]["training"]
     history = json.loads((Path(res["model_dir"]) / "training_log.json").read_text())["history"]
-    lines = ["| epoch | validation loss | survey macro-F1 | survey entropy | predicted class mix |",
-             "|---:|---:|---:|---:|---|"]
+    lines = ["| epoch | validation loss | survey macro-F1 | survey entropy | confident (right) | predicted class mix |",
+             "|---:|---:|---:|---:|---:|---|"]
     for h in history:
         mark = " (kept)" if h["epoch"] == tr["best_epoch"] else ""
         lines.append(f"| {h['epoch']}{mark} | {h['val_loss']:.4f} | {h['monitor_macro_f1']:.3f} | "
-                     f"{h['monitor_entropy']:.3f} | {' '.join(f'{v:.2f}' for v in h['monitor_class_mix'])} |")
+                     f"{h['monitor_entropy']:.3f} | {h['monitor_confident_fraction']:.2f} "
+                     f"({h['monitor_confident_accuracy'] or float('nan'):.2f}) | "
+                     f"{' '.join(f'{v:.2f}' for v in h['monitor_class_mix'])} |")
     s = summary(history, tr["best_epoch"], tr["warmup_epochs"])
     lines.append("")
     lines += [f"- {k.replace('_', ' ')}: epoch {e}, macro-F1 {f:.3f}" for k, (e, f) in s.items()]

@@ -72,9 +72,24 @@ def test_a_survey_monitor_records_each_epoch_without_changing_the_run(sets, trai
         assert 0 <= h["monitor_macro_f1"] <= 1 and 0 <= h["monitor_accuracy"] <= 1
         assert 0 <= h["monitor_entropy"] <= np.log(len(CLASSES)) + 1e-6
         assert abs(sum(h["monitor_class_mix"]) - 1) < 1e-3
+        assert 0 <= h["monitor_confident_fraction"] <= 1
+        assert h["monitor_confident_accuracy"] is None or 0 <= h["monitor_confident_accuracy"] <= 1
     # the monitor only watches: the weights are those of the same run without it
     a, b = load_file(str(out / "weights.safetensors")), load_file(str(tmp_path / "m" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_colour_shift_measured_on_the_unlabelled_rows_is_used_and_recorded(sets, tmp_path):
+    from lsst_spark_ml.artefacts import verify
+    from lsst_spark_ml.errors import CatalogError
+    from lsst_spark_ml.training.morphology import train_morphology
+    cfg = _cfg(mode="supervised", colour_shift="true", colour_shift_source="unlabelled")
+    with pytest.raises(CatalogError, match="unlabelled cutout table"):
+        train_morphology(sets["labelled"], None, cfg, str(tmp_path / "none"), log=lambda m: None)
+    train_morphology(sets["labelled"], sets["unlabelled"], cfg, str(tmp_path / "m"), log=lambda m: None)
+    mags = verify(tmp_path / "m")[0]["training"]["colour_shift_mags"]
+    # survey galaxies lie at higher redshift: g - r redder, r held fixed
+    assert len(mags) == 5 and mags[1] == 0 and mags[0] > 0.1
 
 
 def _damaged_copy(src: str, dst) -> int:

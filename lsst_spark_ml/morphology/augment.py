@@ -98,16 +98,16 @@ def zoom_out(x: torch.Tensor, generator: torch.Generator | None = None, zooms=ZO
 
 def strong(x: torch.Tensor, generator: torch.Generator | None = None, *, max_blur: float = 2.0,
            dim_min: float = 0.15, max_noise: float = 2.0, erase_frac: float = 0.25,
-           colour_shift: bool = False) -> torch.Tensor:
+           colour_shift: bool = False, colour_mags=REDSHIFT_COLOUR_SHIFT) -> torch.Tensor:
     """The strong view (module docstring). Without ``colour_shift`` no draw is made for it, so the random
-    stream, and every earlier run, is unchanged."""
+    stream, and every earlier run, is unchanged; ``colour_mags``: the whole shift (``redshift_colours``)."""
     x = zoom_out(weak(x, generator), generator)
     n, _, h, w = x.shape
     bands = torch.sinh(x[:, :N_BANDS].float())                        # linear flux, stretch-scale units
     sigma = torch.rand(n, generator=generator) * max_blur
     bands = torch.where((sigma > 0.2)[:, None, None, None], _blur(bands, sigma), bands)
     if colour_shift:
-        bands = redshift_colours(bands, generator)
+        bands = redshift_colours(bands, generator, colour_mags)
     dim = dim_min + (1 - dim_min) * torch.rand(n, 1, 1, 1, generator=generator)
     noise = max_noise * torch.rand(n, 1, 1, 1, generator=generator)
     bands = bands * dim + noise * torch.randn(bands.shape, generator=generator)

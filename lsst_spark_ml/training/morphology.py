@@ -54,6 +54,7 @@ from ..artefacts import save_artefact
 from ..config import Config, MorphologySettings
 from ..errors import CatalogError, ConfigError
 from ..morphology import augment
+from ..morphology.colours import mask_fluxes, measured_shift
 from ..morphology.difficulty import difficulty, image_snr
 from . import backends
 from .loop import averaged, averaged_with_live_buffers, fit
@@ -69,6 +70,7 @@ class CutoutSet:
     x: torch.Tensor            # float16 (n, 11, S, S)
     labels: np.ndarray         # int64 (n,), -1 where the table has no label
     snr: np.ndarray            # float64 (n,)
+    fluxes: np.ndarray         # float64 (n, bands): sky-subtracted flux in the object mask (morphology.colours)
     ids: np.ndarray            # int64 (n,)
     n_flagged: int             # rows the input builder flagged, not included above
     n_read: int
@@ -83,6 +85,10 @@ def _label_column(table, name: str) -> np.ndarray:
 
 def default_mask_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lsst_spark_ml" / "morphology_masks"
+
+
+def mask_cache_dir(ts) -> str:
+    return ts.cache_dir and str(Path(ts.cache_dir) / "morphology_masks") or str(default_mask_cache())
 
 
 def _cached_masks(table, cache_dir: Path, compute):
@@ -136,19 +142,21 @@ def read_cutout_set(path: str, image_size: int, *, label_col: str | None = "labe
             x, flags = build_inputs(imgs, image_size, masks=masks, flags_in=flags)
         snr = image_snr(imgs, x[:, 5])
         out = {"x": x.astype(np.float16), "flags": flags.astype(np.int64), "snr": snr,
+               "fluxes": mask_fluxes(imgs, x[:, 5]),
                "id": np.asarray(table.column("objectId").to_numpy(), dtype=np.int64)}
         out["label"] = _label_column(table, label_col) if label_col else np.full(table.num_rows, -1, np.int64)
         return out
 
     loader = ParquetLoader(path, None, batch_size=4096, shuffle=False, rank=rank, world_size=world,
-                           dtype={"x": torch.float16, "snr": torch.float64}, transform=transform)
+                           dtype={"x": torch.float16, "snr": torch.float64, "fluxes": torch.float64},
+                           transform=transform)
     parts = list(loader.epoch(0))
     if not parts:
         raise CatalogError(f"{path}: no rows for rank {rank} of {world}")
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     ok = (cat["flags"] & BAD_ROW) == 0         # NO_OBJECT rows (faint galaxies) stay in
-    return CutoutSet(cat["x"][ok], cat["label"][ok].numpy(), cat["snr"][ok].numpy(), cat["id"][ok].numpy(),
-                     int((~ok).sum()), int(len(ok)))
+    return CutoutSet(cat["x"][ok], cat["label"][ok].numpy(), cat["snr"][ok].numpy(), cat["fluxes"][ok].numpy(),
+                     cat["id"][ok].numpy(), int((~ok).sum()), int(len(ok)))
 
 
 def class_weights(labels: np.ndarray, n_classes: int, how: str) -> torch.Tensor:
@@ -324,16 +332,50 @@ def network_config(ms: MorphologySettings, n_classes: int) -> dict:
     return preset(num_classes=n_classes).to_dict()
 
 
-def strong_views(ms: MorphologySettings):
+def strong_views(ms: MorphologySettings, colour_mags=augment.REDSHIFT_COLOUR_SHIFT):
     """-> (strong view of the labelled and validation rows, strong view of the unlabelled rows). The colour shift
     moves a labelled galaxy to the survey's redshifts; an unlabelled one is there already, and reddening it
-    further only makes consistency teach colour blindness, so ``colour_shift_unlabelled`` can leave it out."""
-    return (functools.partial(augment.strong, colour_shift=ms.colour_shift),
-            functools.partial(augment.strong, colour_shift=ms.colour_shift and ms.colour_shift_unlabelled))
+    further only makes consistency teach colour blindness, so ``colour_shift_unlabelled`` can leave it out.
+    ``colour_mags``: the whole shift per band (``colour_shift_mags``)."""
+    return (functools.partial(augment.strong, colour_shift=ms.colour_shift, colour_mags=colour_mags),
+            functools.partial(augment.strong, colour_shift=ms.colour_shift and ms.colour_shift_unlabelled,
+                              colour_mags=colour_mags))
+
+
+# Rows of the unlabelled table whose colours are measured (a sample of whole row groups): the median of a few
+# thousand colours is known to a few millimag, and a survey table may hold billions.
+COLOUR_SAMPLE_ROWS = 5000
+
+
+def colour_shift_mags(labelled: str, unlabelled: str | None, ms: MorphologySettings, mask_cache: str,
+                      log=None) -> tuple[float, ...] | None:
+    """The whole colour shift the strong views draw from (``augment.redshift_colours``), or None without one.
+
+    ``colour_shift_source: unlabelled``: twice the measured median colour difference (``colours.measured_shift``),
+    so that t ~ U(0, 1) of it averages to the difference itself, as the template vector's half does to the
+    k-correction between the two sets' middle redshifts."""
+    from ..morphology.cutouts import check_cutout_table
+    if not ms.colour_shift:
+        return None
+    if ms.colour_shift_source == "templates":
+        return tuple(augment.REDSHIFT_COLOUR_SHIFT)
+    info = check_cutout_table(unlabelled)
+    world = max(1, min(info.n_row_groups, math.ceil(info.n_rows / COLOUR_SAMPLE_ROWS)))
+    lab = read_cutout_set(labelled, ms.image_size, mask_cache=mask_cache)
+    unl = read_cutout_set(unlabelled, ms.image_size, label_col=None, rank=0, world=world, mask_cache=mask_cache)
+    try:
+        half = measured_shift(lab.fluxes, unl.fluxes)
+    except ValueError as e:
+        raise CatalogError(f"morphology.colour_shift_source=unlabelled: {e} ({labelled}, {unlabelled})") from None
+    if log:
+        log(f"colour shift measured on {len(lab.fluxes)} labelled and {len(unl.fluxes)} unlabelled rows: "
+            f"median colours differ by {half} mag (grizy, r fixed)")
+    return tuple(round(2 * v, 4) for v in half)
 
 
 def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings, ts, net_cfg: dict,
-                   n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str, monitor=None):
+                   n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str, monitor=None,
+                   colour_mags=None):
     """Runs in each training process (``backends.run``)."""
     from ..models.dat import build_morphology_model
     from .distributed import current
@@ -341,11 +383,12 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
     torch.manual_seed(ms.seed)
-    cache = ts.cache_dir and str(Path(ts.cache_dir) / "morphology_masks") or str(default_mask_cache())
+    cache = mask_cache_dir(ts)
     lab = read_cutout_set(labelled, ms.image_size, mask_cache=cache)
     if (lab.labels < 0).any():
-        lab = dataclasses.replace(lab, x=lab.x[lab.labels >= 0], labels=lab.labels[lab.labels >= 0],
-                                  snr=lab.snr[lab.labels >= 0], ids=lab.ids[lab.labels >= 0])
+        keep = lab.labels >= 0
+        lab = dataclasses.replace(lab, x=lab.x[torch.from_numpy(keep)], labels=lab.labels[keep], snr=lab.snr[keep],
+                                  fluxes=lab.fluxes[keep], ids=lab.ids[keep])
     rng = np.random.default_rng(ms.seed)
     idx = rng.permutation(len(lab.labels))
     n_val = max(n_classes, int(round(ms.val_fraction * len(idx))))
@@ -365,7 +408,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images"
         + (f" (the first {warm} on labelled rows only)" if warm else ""))
     stats: dict = {}
-    strong, strong_unl = strong_views(ms)
+    strong, strong_unl = strong_views(ms, augment.REDSHIFT_COLOUR_SHIFT if colour_mags is None else colour_mags)
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
@@ -448,9 +491,10 @@ def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir
     info = check_cutout_table(labelled)          # before any training process starts
     if tuple(info.shape[1:]) != (ms.image_size, ms.image_size):
         raise CatalogError(f"{labelled}: cutouts are {tuple(info.shape)}, morphology.image_size is {ms.image_size}")
-    if ms.mode == "semi":
+    if ms.mode == "semi" or (ms.colour_shift and ms.colour_shift_source == "unlabelled"):
         if not unlabelled:
-            raise CatalogError("morphology.mode=semi needs an unlabelled cutout table")
+            raise CatalogError("morphology.mode=semi and morphology.colour_shift_source=unlabelled need an "
+                               "unlabelled cutout table")
         uinfo = check_cutout_table(unlabelled)
         if tuple(uinfo.shape) != tuple(info.shape) or list(uinfo.bands) != list(info.bands):
             raise CatalogError(f"{unlabelled}: cutouts {tuple(uinfo.shape)} {list(uinfo.bands)} differ from the "
@@ -466,9 +510,10 @@ def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir
     label = f"morphology {ms.network}/{ms.mode}" + (f"+{ms.curriculum}" if ms.mode == "semi" else "")
     ckpt = ts.checkpoint_dir or str(Path(out_dir) / "_checkpoints")
     t0 = time.time()
+    mags = colour_shift_mags(labelled, unlabelled, ms, mask_cache_dir(ts), log)
     res, meta = backends.run(ts.backend, _train_process, labelled, unlabelled if ms.mode == "semi" else None, ms,
                              ts, net_cfg, len(classes), ckpt, _fingerprint(labelled, unlabelled, ms, net_cfg),
-                             label, monitor, options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
+                             label, monitor, mags, options={"num_processes": ts.num_processes, "use_gpu": ts.use_gpu,
                                              "local_mode": ts.local_mode})
     manifest = {
         "kind": KIND, "network": ms.network, "architecture": net_cfg, "classes": classes,
@@ -479,7 +524,7 @@ def train_morphology(labelled: str, unlabelled: str | None, cfg: Config, out_dir
                      "unlabelled": str(unlabelled) if ms.mode == "semi" else None,
                      "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                      "best_val_loss": res.best_val_loss, "seconds": round(time.time() - t0, 1),
-                     "backend": res.backend, "world_size": res.world_size, **meta},
+                     "backend": res.backend, "world_size": res.world_size, "colour_shift_mags": mags, **meta},
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / TRAINING_LOG).write_text(json.dumps({"history": res.history}, indent=1, default=float) + "\n")
