@@ -290,7 +290,8 @@ def _morphology_parser(sub) -> None:
                                     "train.backend=torch-distributor trains with DDP. Writes a model directory "
                                     "(safetensors + sha256 manifest).")
     mt.add_argument("--labelled", required=True, help="labelled cutout table")
-    mt.add_argument("--unlabelled", help="unlabelled cutout table (morphology.mode=semi)")
+    mt.add_argument("--unlabelled", help="unlabelled (survey) cutout table: FixMatch's rows with morphology.mode=semi, "
+                                         "the measured colour shift with morphology.colour_shift_source=unlabelled")
     mt.add_argument("--out", required=True, help="model directory to write")
     _common(mt)
     mt.set_defaults(func=cmd_morphology_train)

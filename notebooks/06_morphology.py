@@ -4,8 +4,8 @@
 # MAGIC
 # MAGIC 5-band cutouts in Parquet -> 11-channel inputs (bands, object mask, NaN masks) built where the model runs
 # MAGIC -> class probabilities and attention maps on Spark. The labelled images are GalSim renders (no labelled
-# MAGIC galaxy images install offline); the shipped model is the small DAT trained semi-supervised (FixMatch with
-# MAGIC the S/N curriculum) on 10 % labels. Runs top to bottom on the embedded default. On a cluster, change the
+# MAGIC galaxy images install offline); the shipped model is the small DAT trained on 10 % labels with survey-like
+# MAGIC augmentations, its redshift colour shift measured on the unlabelled survey rows. Runs top to bottom on the embedded default. On a cluster, change the
 # MAGIC next cell only: `CUTOUTS` (a cutout table written by `lsst_spark_ml.morphology.cutouts.write_cutouts`),
 # MAGIC `MODEL` (a model directory) and `OUT` on shared storage.
 
