@@ -289,8 +289,8 @@ class MorphologySettings:
     # strong views also redder, as at the survey's higher redshifts (morphology.augment.redshift_colours)
     colour_shift: bool = False
     # semi: the unlabelled rows' strong views reddened too. They are survey galaxies already, so the shift takes
-    # them beyond the survey's redshifts and the consistency term teaches the network to ignore g - r, the
-    # colour that orders the Hubble sequence (README, morphology); true replays the earlier runs
+    # them beyond the survey's redshifts, where consistency could teach the network to ignore g - r (measured
+    # off: +0.4 points, within the scatter; README, morphology); true replays the earlier runs
     colour_shift_unlabelled: bool = True
     # where the colour shift's vector comes from. templates: the CWW k-correction from z 0.07 to 0.30
     # (morphology.augment.REDSHIFT_COLOUR_SHIFT) | unlabelled: measured, the median colours of the unlabelled

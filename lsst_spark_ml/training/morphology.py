@@ -335,7 +335,7 @@ def network_config(ms: MorphologySettings, n_classes: int) -> dict:
 def strong_views(ms: MorphologySettings, colour_mags=augment.REDSHIFT_COLOUR_SHIFT):
     """-> (strong view of the labelled and validation rows, strong view of the unlabelled rows). The colour shift
     moves a labelled galaxy to the survey's redshifts; an unlabelled one is there already, and reddening it
-    further only makes consistency teach colour blindness, so ``colour_shift_unlabelled`` can leave it out.
+    further may make consistency teach colour blindness, so ``colour_shift_unlabelled`` can leave it out.
     ``colour_mags``: the whole shift per band (``colour_shift_mags``)."""
     return (functools.partial(augment.strong, colour_shift=ms.colour_shift, colour_mags=colour_mags),
             functools.partial(augment.strong, colour_shift=ms.colour_shift and ms.colour_shift_unlabelled,
