@@ -29,6 +29,14 @@ RECIPES = {                       # name -> morphology overrides
 }
 
 
+def recipe_config(recipe: str, network: str, budget: int, seed: int, overrides: list[str]):
+    """conf/morphology.yaml + ``overrides`` + the recipe's settings: the config of one evaluated run."""
+    from lsst_spark_ml.config import load_config
+    over = {**RECIPES[recipe], "network": network, "budget_images": budget, "seed": seed}
+    return load_config([ROOT / "conf" / "morphology.yaml"],
+                       overrides + [f"morphology.{k}={v}" for k, v in over.items()])
+
+
 def test_scores(model_dir: str, test_path: str) -> dict:
     """Macro-F1 and accuracy on the test table, predicted in this process (the Spark path is tested apart);
     the inputs come through the training reader, whose object masks are cached across runs."""
@@ -100,9 +108,7 @@ def main(argv=None) -> int:
                 key = f"{net}/{recipe}/seed{seed}"
                 if key in results:
                     continue
-                over = {**RECIPES[recipe], "network": net, "budget_images": args.budget, "seed": int(seed)}
-                rcfg = load_config([ROOT / "conf" / "morphology.yaml"],
-                                   args.overrides + [f"morphology.{k}={v}" for k, v in over.items()])
+                rcfg = recipe_config(recipe, net, args.budget, int(seed), args.overrides)
                 t = time.time()
                 model_dir = out / "models" / key.replace("/", "_")
                 res = morphology.train(None, rcfg, paths["labelled"], paths["unlabelled"], str(model_dir))

@@ -52,18 +52,15 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="extra config overrides")
     args = ap.parse_args(argv)
 
-    from evaluate_morphology import RECIPES
+    from evaluate_morphology import recipe_config
 
-    from lsst_spark_ml.config import load_config
     from lsst_spark_ml.morphology.render import CLASSES
     from lsst_spark_ml.pipelines import morphology
     from lsst_spark_ml.training.morphology_monitor import SurveyMonitor
     data = Path(args.eval) / "data"
     if not (data / "manifest.json").is_file():
         raise SystemExit(f"{data}: no rendered sets; run scripts/evaluate_morphology.py --out {args.eval} first")
-    over = {**RECIPES[args.recipe], "network": args.network, "budget_images": args.budget, "seed": args.seed}
-    cfg = load_config([ROOT / "conf" / "morphology.yaml"],
-                      args.overrides + [f"morphology.{k}={v}" for k, v in over.items()])
+    cfg = recipe_config(args.recipe, args.network, args.budget, args.seed, args.overrides)
     key = f"{args.network}_{args.recipe}_seed{args.seed}"
     out = Path(args.out)
     monitor = SurveyMonitor(args.monitor or str(data / "test"), cfg.morphology.image_size, list(CLASSES),

@@ -15,13 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def mask_fluxes(bands: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
-    """Sky-subtracted flux of each band inside the object mask: (n, B) from ``bands`` (n, B, H, W, linear flux,
-    NaN = missing) and ``object_mask`` (n, H, W). NaN where the mask is empty or a band has too few sky pixels."""
+def mask_photometry(bands: np.ndarray, object_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Aperture photometry in the object mask: (flux, variance), each (n, B), from ``bands`` (n, B, H, W, linear
+    flux, NaN = missing) and ``object_mask`` (n, H, W). Flux: the sky-subtracted sum inside the mask (sky = the
+    median of the finite pixels outside it); variance: the pixels inside times the sky sigma squared (1.4826 x
+    the MAD outside). NaN where the mask is empty or a band has fewer than 10 sky pixels. One pass serves both
+    the colours here and the curriculum's S/N (``difficulty.image_snr``)."""
     bands = np.asarray(bands, dtype=np.float32)
     mask = np.asarray(object_mask) > 0.5
     n, nb = bands.shape[:2]
-    out = np.full((n, nb), np.nan)
+    flux, var = np.full((n, nb), np.nan), np.full((n, nb), np.nan)
     for i in range(n):
         m = mask[i]
         if not m.any():
@@ -31,8 +34,15 @@ def mask_fluxes(bands: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
             finite = np.isfinite(img)
             sky, inside = img[finite & ~m], img[finite & m]
             if sky.size >= 10 and inside.size:
-                out[i, b] = float(inside.sum() - np.median(sky) * inside.size)
-    return out
+                sky_level = np.median(sky)
+                flux[i, b] = float(inside.sum() - sky_level * inside.size)
+                var[i, b] = inside.size * float(1.4826 * np.median(np.abs(sky - sky_level))) ** 2
+    return flux, var
+
+
+def mask_fluxes(bands: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
+    """The flux half of ``mask_photometry``."""
+    return mask_photometry(bands, object_mask)[0]
 
 
 def median_colours(fluxes: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .colours import mask_photometry
+
 
 def image_snr(bands: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
     """S/N of the summed flux of all bands inside the object mask.
@@ -17,26 +19,15 @@ def image_snr(bands: np.ndarray, object_mask: np.ndarray) -> np.ndarray:
     per band: 1.4826 x the median absolute deviation of the finite pixels outside the mask. An empty mask, or
     an image with no usable pixels, gives S/N 0 (the hardest).
     """
-    bands = np.asarray(bands, dtype=np.float32)
-    mask = np.asarray(object_mask) > 0.5
-    n = bands.shape[0]
-    out = np.zeros(n, dtype=np.float64)
-    for i in range(n):
-        m = mask[i]
-        if not m.any():
-            continue
-        signal, var = 0.0, 0.0
-        for b in bands[i]:
-            finite = np.isfinite(b)
-            sky = b[finite & ~m]
-            inside = b[finite & m]
-            if sky.size < 10 or inside.size == 0:
-                continue
-            sigma = 1.4826 * np.median(np.abs(sky - np.median(sky)))
-            signal += float(inside.sum() - np.median(sky) * inside.size)
-            var += inside.size * float(sigma) ** 2
-        out[i] = signal / np.sqrt(var) if var > 0 else 0.0
-    return out
+    return snr_from_photometry(*mask_photometry(bands, object_mask))
+
+
+def snr_from_photometry(flux: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``image_snr`` from ``colours.mask_photometry``'s (flux, variance): the bands it could measure, summed."""
+    ok = np.isfinite(flux)
+    signal = np.where(ok, flux, 0.0).sum(1)
+    noise_var = np.where(ok, var, 0.0).sum(1)
+    return np.where(noise_var > 0, signal / np.sqrt(np.where(noise_var > 0, noise_var, 1.0)), 0.0)
 
 
 def difficulty(snr: np.ndarray) -> np.ndarray:

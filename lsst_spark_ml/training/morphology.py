@@ -54,8 +54,8 @@ from ..artefacts import save_artefact
 from ..config import Config, MorphologySettings
 from ..errors import CatalogError, ConfigError
 from ..morphology import augment
-from ..morphology.colours import mask_fluxes, measured_shift
-from ..morphology.difficulty import difficulty, image_snr
+from ..morphology.colours import mask_photometry, measured_shift
+from ..morphology.difficulty import difficulty, snr_from_photometry
 from . import backends
 from .loop import averaged, averaged_with_live_buffers, fit
 
@@ -140,9 +140,9 @@ def read_cutout_set(path: str, image_size: int, *, label_col: str | None = "labe
             masks = _cached_masks(table, Path(mask_cache),
                                   lambda: build_inputs(imgs, image_size, flags_in=flags)[0][:, 5] > 0.5)
             x, flags = build_inputs(imgs, image_size, masks=masks, flags_in=flags)
-        snr = image_snr(imgs, x[:, 5])
-        out = {"x": x.astype(np.float16), "flags": flags.astype(np.int64), "snr": snr,
-               "fluxes": mask_fluxes(imgs, x[:, 5]),
+        fluxes, var = mask_photometry(imgs, x[:, 5])
+        out = {"x": x.astype(np.float16), "flags": flags.astype(np.int64),
+               "snr": snr_from_photometry(fluxes, var), "fluxes": fluxes,
                "id": np.asarray(table.column("objectId").to_numpy(), dtype=np.int64)}
         out["label"] = _label_column(table, label_col) if label_col else np.full(table.num_rows, -1, np.int64)
         return out
@@ -358,7 +358,7 @@ def colour_shift_mags(labelled: str, unlabelled: str | None, ms: MorphologySetti
     if not ms.colour_shift:
         return None
     if ms.colour_shift_source == "templates":
-        return tuple(augment.REDSHIFT_COLOUR_SHIFT)
+        return augment.REDSHIFT_COLOUR_SHIFT
     info = check_cutout_table(unlabelled)
     world = max(1, min(info.n_row_groups, math.ceil(info.n_rows / COLOUR_SAMPLE_ROWS)))
     lab = read_cutout_set(labelled, ms.image_size, mask_cache=mask_cache)
@@ -375,7 +375,7 @@ def colour_shift_mags(labelled: str, unlabelled: str | None, ms: MorphologySetti
 
 def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings, ts, net_cfg: dict,
                    n_classes: int, checkpoint_dir: str | None, fingerprint: str, label: str, monitor=None,
-                   colour_mags=None):
+                   colour_mags=augment.REDSHIFT_COLOUR_SHIFT):
     """Runs in each training process (``backends.run``)."""
     from ..models.dat import build_morphology_model
     from .distributed import current
@@ -408,7 +408,7 @@ def _train_process(labelled: str, unlabelled: str | None, ms: MorphologySettings
         + f"{epochs} epochs x {ms.steps_per_epoch} steps x {per_step} images"
         + (f" (the first {warm} on labelled rows only)" if warm else ""))
     stats: dict = {}
-    strong, strong_unl = strong_views(ms, augment.REDSHIFT_COLOUR_SHIFT if colour_mags is None else colour_mags)
+    strong, strong_unl = strong_views(ms, colour_mags)      # colour_mags is None only without a colour shift
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(ms.seed * 1_000_003 + epoch * 7919 + rank)
